@@ -1,0 +1,12 @@
+"""HTTP routes of the control plane, one module per resource."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.api import functions, nodes, ops, schemas, sync, tokens
+
+
+def setup_routes(app: web.Application) -> None:
+    for module in (nodes, sync, functions, schemas, tokens, ops):
+        app.router.add_routes(module.routes)

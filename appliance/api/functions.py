@@ -1,0 +1,208 @@
+"""WASM function artifacts: upload, list, show, download, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from appliance.api.common import PRINCIPAL, json_response, principal, query_int
+from appliance.artifacts import ArtifactExists, ArtifactMissing
+from appliance.auth import Principal
+from appliance.metrics import Metrics
+from appliance.services import Services, services
+from appliance.store.records import FunctionRecord
+from appliance.uploads import StagedUpload, receive_upload
+from appliance.wasm_check import validate_file
+from edgesync.errors import FunctionExists, HashMismatch, NotFound, ValidationFailed
+from edgesync.protocol import (
+    SHA256_RE,
+    artifact_key,
+    format_time,
+    utcnow,
+    validate_name,
+    validate_version,
+)
+
+routes = web.RouteTableDef()
+
+# How long a concurrent upload may take between storing its object and
+# recording its row; an object older than that with no row is an orphan.
+ORPHAN_GRACE_SECONDS = 2.0
+
+
+@routes.post("/api/v1/functions")
+async def upload(request: web.Request) -> web.Response:
+    principal(request).require_admin()
+    svc = services(request)
+    staging = svc.config.data_dir / "staging"
+    staged = await receive_upload(request, staging, svc.config.max_upload_bytes)
+    try:
+        record = await _accept(svc, staged)
+    finally:
+        staged.discard()
+    svc.metrics.upload_bytes.inc(record.size_bytes)
+    return json_response(record.to_api(), status=201)
+
+
+async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:
+    name = validate_name(staged.fields.get("name"))
+    version = validate_version(staged.fields.get("version"))
+    claimed = staged.fields.get("sha256", "").lower() or None
+    if claimed is not None and not SHA256_RE.match(claimed):
+        raise ValidationFailed("sha256 must be 64 hex digits", details={"field": "sha256"})
+    if await svc.store.function_exists(name, version):
+        raise _exists(name, version)
+    if claimed is not None and claimed != staged.sha256:
+        raise HashMismatch(
+            "module bytes do not match the given sha256",
+            details={"expected": claimed, "actual": staged.sha256},
+        )
+    assert staged.path is not None
+    await validate_file(staged.path, staged.size)
+    key = artifact_key(name, version)
+    await _store_object(svc, key, staged, name, version)
+    record = FunctionRecord(
+        id=str(uuid.uuid4()),
+        name=name,
+        version=version,
+        sha256=staged.sha256,
+        size_bytes=staged.size,
+        storage_key=key,
+        created_at=format_time(utcnow()),
+    )
+    try:
+        await svc.store.insert_function(record)
+    except FunctionExists:
+        # We stored the object, so no concurrent upload did: it is ours to remove.
+        await svc.artifacts.delete(key)
+        raise
+    except BaseException:
+        await svc.artifacts.delete(key)
+        raise
+    return record
+
+
+async def _store_object(
+    svc: Services, key: str, staged: StagedUpload, name: str, version: str
+) -> None:
+    assert staged.path is not None
+    try:
+        await svc.artifacts.put_new(key, staged.path)
+        return
+    except ArtifactExists:
+        pass
+    # Either a concurrent upload of the same version holds the key (it will
+    # record its row within moments), or a crashed upload left an orphan.
+    await asyncio.sleep(ORPHAN_GRACE_SECONDS)
+    if await svc.store.function_exists(name, version):
+        raise _exists(name, version)
+    await svc.artifacts.delete(key)
+    try:
+        await svc.artifacts.put_new(key, staged.path)
+    except ArtifactExists as exc:
+        raise _exists(name, version) from exc
+
+
+def _exists(name: str, version: str) -> FunctionExists:
+    return FunctionExists(
+        f"function {name} {version} already exists; versions are immutable",
+        details={"name": name, "version": version},
+    )
+
+
+@routes.get("/api/v1/functions")
+async def list_functions(request: web.Request) -> web.Response:
+    principal(request).require_admin()
+    name = request.query.get("name")
+    if name is not None:
+        validate_name(name)
+    functions, cursor = await services(request).store.list_functions(
+        name=name,
+        limit=query_int(request, "limit", 100, 1, 1000),
+        cursor=request.query.get("cursor"),
+    )
+    return json_response({"functions": [f.to_api() for f in functions], "next_cursor": cursor})
+
+
+@routes.get("/api/v1/functions/{function_id}")
+async def get_function(request: web.Request) -> web.Response:
+    principal(request)  # admin or any node: both may read function metadata
+    record = await services(request).store.get_function(_function_id(request))
+    return json_response(record.to_api())
+
+
+@routes.delete("/api/v1/functions/{function_id}")
+async def delete_function(request: web.Request) -> web.Response:
+    principal(request).require_admin()
+    svc = services(request)
+    record = await svc.store.delete_function(_function_id(request), utcnow())
+    # Metadata first: from here on no plan names it, so the bytes can go.
+    await svc.artifacts.delete(record.storage_key)
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/functions/{function_id}/download")
+async def download(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    function_id = _function_id(request)
+    caller: Principal | None = request.get(PRINCIPAL)
+    if caller is None:  # no bearer token: the URL's signature is the credential
+        svc.signer.verify(function_id, request.query.get("expires"), request.query.get("sig"))
+    record = await svc.store.get_function(function_id)
+    headers = {
+        "Content-Type": "application/wasm",
+        "X-Content-SHA256": record.sha256,
+        "Cache-Control": "private, max-age=0, no-transform",
+    }
+    path = svc.artifacts.local_path(record.storage_key)
+    if path is not None:
+        if not path.exists():
+            raise NotFound("function artifact is missing", details={"function_id": function_id})
+        return _MeteredFileResponse(svc.metrics, path, headers=headers)
+    started = time.perf_counter()
+    try:
+        chunks = svc.artifacts.read(record.storage_key)
+        first = await anext(chunks)
+    except (ArtifactMissing, StopAsyncIteration) as exc:
+        raise NotFound(
+            "function artifact is missing", details={"function_id": function_id}
+        ) from exc
+    response = web.StreamResponse(headers=headers)
+    response.content_length = record.size_bytes
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    svc.metrics.download_bytes.inc(record.size_bytes)
+    svc.metrics.download_seconds.observe(time.perf_counter() - started)
+    return response
+
+
+class _MeteredFileResponse(web.FileResponse):
+    """A sendfile response that records its bytes and duration once sent."""
+
+    def __init__(self, metrics: Metrics, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._metrics = metrics
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        started = time.perf_counter()
+        writer = await super().prepare(request)
+        self._metrics.download_bytes.inc(self.content_length or 0)
+        self._metrics.download_seconds.observe(time.perf_counter() - started)
+        return writer
+
+
+def _function_id(request: web.Request) -> str:
+    raw = request.match_info["function_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError as exc:
+        raise NotFound("function not found", details={"function_id": raw}) from exc

@@ -1,0 +1,59 @@
+"""Schema migrations for the nodes' edge databases: append-only, checked on entry."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from aiohttp import web
+
+from appliance.api.common import json_response, optional_str, principal, read_json
+from appliance.migration_check import check_chain
+from appliance.services import services
+from appliance.store.records import MigrationRecord
+from edgesync.errors import SchemaVersionConflict, ValidationFailed
+from edgesync.protocol import format_time, utcnow
+
+routes = web.RouteTableDef()
+
+SQL_LIMIT = 1024 * 1024
+
+
+@routes.post("/api/v1/schemas")
+async def add_migration(request: web.Request) -> web.Response:
+    principal(request).require_admin()
+    body = await read_json(request)
+    version = body.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValidationFailed("version must be a positive integer", details={"field": "version"})
+    up_sql = body.get("up_sql")
+    if not isinstance(up_sql, str) or not up_sql.strip() or len(up_sql) > SQL_LIMIT:
+        raise ValidationFailed("up_sql must be non-empty SQL text", details={"field": "up_sql"})
+    down_sql = optional_str(body, "down_sql", SQL_LIMIT)
+    description = optional_str(body, "description", 500) or ""
+    store = services(request).store
+    accepted = await store.list_migrations()
+    expected = (accepted[-1].version if accepted else 0) + 1
+    if version != expected:
+        raise SchemaVersionConflict(
+            f"schema version must be {expected}",
+            details={"expected_version": expected, "version": version},
+        )
+    await asyncio.to_thread(check_chain, [m.up_sql for m in accepted], up_sql)
+    record = MigrationRecord(
+        version=version,
+        description=description,
+        up_sql=up_sql,
+        down_sql=down_sql,
+        checksum=hashlib.sha256(up_sql.encode()).hexdigest(),
+        created_at=format_time(utcnow()),
+    )
+    await store.add_migration(record)  # re-checks the version inside its transaction
+    return json_response(record.to_api(), status=201)
+
+
+@routes.get("/api/v1/schemas")
+async def list_migrations(request: web.Request) -> web.Response:
+    principal(request)  # the admin or any node
+    migrations = await services(request).store.list_migrations()
+    return json_response({"migrations": [m.to_api() for m in migrations]})

@@ -1,0 +1,52 @@
+"""Plans, acks and sync history."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.api.common import base_url, json_response, principal, query_int, read_json
+from appliance.services import services
+from edgesync.protocol import Ack
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/nodes/{node_id}/sync")
+async def get_plan(request: web.Request) -> web.Response:
+    node_id = request.match_info["node_id"]
+    caller = principal(request)
+    caller.require_node(node_id)
+    assert caller.stamp is not None
+    svc = services(request)
+    answer = await svc.sync.plan(
+        caller.stamp,
+        request.headers.get("If-None-Match"),
+        base_url(request, svc.config.public_url),
+    )
+    if answer.body is None:
+        return web.Response(status=304, headers={"ETag": answer.etag})
+    return web.Response(
+        body=answer.body,
+        content_type="application/json",
+        charset="utf-8",
+        headers={"ETag": answer.etag, "Cache-Control": "no-store"},
+    )
+
+
+@routes.post("/api/v1/nodes/{node_id}/sync/ack")
+async def ack(request: web.Request) -> web.Response:
+    node_id = request.match_info["node_id"]
+    principal(request).require_node(node_id)
+    body = Ack.from_dict(await read_json(request))
+    record = await services(request).sync.ack(node_id, body)
+    return json_response({"recorded": True, "sync": record.to_api()})
+
+
+@routes.get("/api/v1/nodes/{node_id}/sync/history")
+async def history(request: web.Request) -> web.Response:
+    node_id = request.match_info["node_id"]
+    principal(request).require_node_or_admin(node_id)
+    store = services(request).store
+    await store.get_node(node_id)  # 404 for an unknown node
+    records = await store.sync_history(node_id, query_int(request, "limit", 20, 1, 500))
+    return json_response({"records": [r.to_api() for r in records]})

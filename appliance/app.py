@@ -1,0 +1,124 @@
+"""The control-plane application factory.
+
+``make_app(config)`` builds an aiohttp app whose every resource (data-dir
+lock, database, artifact store, services) lives in a ``cleanup_ctx``: tests run
+the same app in process, ``edgesync serve`` runs it under ``web.run_app``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance.api import setup_routes
+from appliance.artifacts import open_artifact_store
+from appliance.auth import Authority
+from appliance.config import ServeConfig
+from appliance.metrics import Metrics
+from appliance.middleware import MIDDLEWARES
+from appliance.services import CONFIG, METRICS, SERVICES, Services
+from appliance.signing import UrlSigner
+from appliance.store.db import open_database
+from appliance.store.store import Store
+from appliance.sync_service import SyncService
+
+log = logging.getLogger("edgesync.serve")
+
+JSON_BODY_LIMIT = 4 * 1024 * 1024
+
+
+def make_app(config: ServeConfig) -> web.Application:
+    config.validate()
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=JSON_BODY_LIMIT)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_data_dir_ctx)
+    app.cleanup_ctx.append(_services_ctx)
+    setup_routes(app)
+    return app
+
+
+async def _data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Create the data dir and hold its lock: one serve process per embedded store."""
+    config = app[CONFIG]
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = config.database_url is None or config.database_url.startswith("sqlite:")
+    handle = None
+    if embedded:
+        handle = open(config.data_dir / ".serve.lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise RuntimeError(
+                f"another edgesync serve is using {config.data_dir}; "
+                "the embedded SQLite store allows one server per data dir"
+            ) from exc
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    metrics = app[METRICS]
+    database = await open_database(config.resolved_database_url)
+    try:
+        store = Store(database)
+        await store.migrate()
+        artifacts = await open_artifact_store(config.resolved_artifact_url)
+        try:
+            signing_key = await store.secret(
+                "node_token_signing_key", lambda: secrets.token_hex(32)
+            )
+            url_key = await store.secret("download_url_key", lambda: secrets.token_hex(32))
+            signer = UrlSigner(bytes.fromhex(url_key), config.url_ttl_seconds)
+            authority = Authority(
+                store,
+                metrics,
+                admin_token=load_admin_token(config),
+                signing_key=signing_key,
+                node_token_ttl=timedelta(days=config.node_token_ttl_days),
+                bcrypt_rounds=config.bcrypt_rounds,
+            )
+            sync = SyncService(
+                store, signer, metrics, cache_ttl_seconds=config.plan_cache_ttl_seconds
+            )
+            app[SERVICES] = Services(config, store, artifacts, authority, signer, sync, metrics)
+            yield
+        finally:
+            await artifacts.close()
+    finally:
+        await database.close()
+
+
+def load_admin_token(config: ServeConfig) -> str:
+    """``EDGESYNC_ADMIN_TOKEN`` (via config), else ``<data-dir>/admin-token``, created once."""
+    if config.admin_token:
+        return config.admin_token
+    path = admin_token_path(config.data_dir)
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    log.info("generated an admin token in %s (mode 0600)", path)
+    return token
+
+
+def admin_token_path(data_dir: Path) -> Path:
+    return data_dir / "admin-token"

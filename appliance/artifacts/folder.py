@@ -1,0 +1,75 @@
+"""The embedded artifact store: a folder mirroring the S3 bucket layout.
+
+``<root>/wasm-functions/{name}/{version}/function.wasm``. Objects appear by a
+hard link from a fully written, fsynced staging file, which both publishes
+atomically and refuses to clobber an existing object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from appliance.artifacts.base import ArtifactExists, ArtifactMissing
+from edgesync.protocol import ARTIFACT_BUCKET
+
+
+class FolderArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bucket = root / ARTIFACT_BUCKET
+        self.bucket.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.bucket / key).resolve()
+        if self.bucket.resolve() not in path.parents:
+            raise ArtifactMissing(key)  # keys are validated upstream; never escape the bucket
+        return path
+
+    async def put_new(self, key: str, source: Path) -> None:
+        await asyncio.to_thread(self._link_new, self._path(key), source)
+
+    @staticmethod
+    def _link_new(target: Path, source: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except FileExistsError as exc:
+            raise ArtifactExists(str(target.name)) from exc
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    async def read(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        try:
+            handle = await asyncio.to_thread(open, self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise ArtifactMissing(key) from exc
+        try:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                yield chunk
+        finally:
+            handle.close()
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        await asyncio.to_thread(path.unlink, True)
+        for parent in (path.parent, path.parent.parent):
+            try:
+                parent.rmdir()  # only succeeds once empty
+            except OSError:
+                break
+
+    async def ping(self) -> None:
+        if not os.access(self.bucket, os.W_OK):
+            raise OSError(f"artifact folder {self.bucket} is not writable")
+
+    async def close(self) -> None:
+        return None

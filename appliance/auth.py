@@ -1,0 +1,209 @@
+"""Who is calling: the admin, a node, or nobody.
+
+* Admin token: compared by SHA-256 digest in constant time.
+* Enrollment tokens: ``est_<id>.<secret>``; the secret is stored as a bcrypt
+  hash (as the seed asks) and checked only at registration, in a thread.
+* Node tokens: HS256 JWTs (``sub`` = node id, ``jti``), signed with a key the
+  store generates once and shares between replicas. The node row keeps the
+  current ``jti`` and the token's SHA-256, so rotation retires the old token.
+
+The per-request path never runs bcrypt and decodes each distinct JWT once: a
+verified token is cached, and what can change (rotation) is checked against
+the node's stamp, which the store serves from memory or one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from appliance.metrics import Metrics
+from appliance.store.records import NodeStamp
+from appliance.store.store import Store
+from edgesync.errors import Forbidden, InvalidEnrollmentToken, Unauthorized
+from edgesync.protocol import format_time
+
+ENROLLMENT_PREFIX = "est_"
+VERIFIED_CACHE_SIZE = 100_000
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request. ``node_id`` is None for the admin."""
+
+    kind: str  # "admin" or "node"
+    node_id: str | None = None
+    jti: str | None = None
+    stamp: NodeStamp | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == "admin"
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden("this route is for operators only")
+
+    def require_node_or_admin(self, node_id: str) -> None:
+        """The admin, or the node ``node_id`` itself (no other node)."""
+        if not self.is_admin and self.node_id != node_id:
+            raise Forbidden("a node token opens only its own node's routes")
+
+    def require_node(self, node_id: str) -> None:
+        if self.node_id != node_id:
+            raise Forbidden("a node token opens only its own node's routes")
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    jti: str
+    expires_at: datetime
+
+    @property
+    def digest(self) -> str:
+        return token_digest(self.token)
+
+
+@dataclass(frozen=True)
+class _Verified:
+    node_id: str
+    jti: str
+    expires: float
+
+
+class Authority:
+    """Issues and checks every kind of token."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        admin_token: str,
+        signing_key: str,
+        node_token_ttl: timedelta = timedelta(days=90),
+        bcrypt_rounds: int = 12,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._admin_digest = token_digest(admin_token).encode()
+        self._signing_key = signing_key
+        self.node_token_ttl = node_token_ttl
+        self._bcrypt_rounds = bcrypt_rounds
+        self._verified: dict[str, _Verified] = {}
+
+    # -- per request ----------------------------------------------------------------
+
+    async def authenticate(self, header: str | None) -> Principal:
+        if not header or not header.startswith("Bearer "):
+            raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        token = header[7:].strip()
+        if hmac.compare_digest(token_digest(token).encode(), self._admin_digest):
+            return Principal("admin")
+        verified = self._verified.get(token)
+        if verified is None:
+            verified = self._decode(token)
+        if verified.expires < time.time():
+            self._verified.pop(token, None)
+            raise Unauthorized("token has expired")
+        stamp = await self._store.node_stamp(verified.node_id)
+        if stamp is None or stamp.token_jti != verified.jti:
+            self._verified.pop(token, None)
+            raise Unauthorized("token has been rotated or its node is gone")
+        return Principal("node", verified.node_id, verified.jti, stamp)
+
+    def _decode(self, token: str) -> _Verified:
+        import jwt
+
+        try:
+            claims = jwt.decode(
+                token,
+                self._signing_key,
+                algorithms=["HS256"],
+                options={"require": ["exp", "iat", "sub", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("token is invalid or expired") from exc
+        verified = _Verified(str(claims["sub"]), str(claims["jti"]), float(claims["exp"]))
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = verified
+        return verified
+
+    # -- node tokens ----------------------------------------------------------------
+
+    def issue_node_token(self, node_id: str, now: datetime) -> IssuedToken:
+        import jwt
+
+        jti = uuid.uuid4().hex
+        expires_at = now + self.node_token_ttl
+        token = jwt.encode(
+            {
+                "sub": node_id,
+                "jti": jti,
+                "iat": int(now.timestamp()),
+                "exp": int(expires_at.timestamp()),
+            },
+            self._signing_key,
+            algorithm="HS256",
+        )
+        return IssuedToken(token, jti, expires_at)
+
+    def verify_node_password(self, node_id: str, token: str) -> str | None:
+        """Signature and subject check without the stamp (for callers like MQTT auth)."""
+        try:
+            verified = self._verified.get(token) or self._decode(token)
+        except Unauthorized:
+            return None
+        return verified.jti if verified.node_id == node_id else None
+
+    # -- enrollment tokens ----------------------------------------------------------
+
+    async def new_enrollment_secret(self) -> tuple[str, str, str]:
+        """Return ``(token_id, token, secret_hash)`` for a new enrollment token."""
+        token_id = uuid.uuid4().hex[:16]
+        secret = secrets.token_urlsafe(32)
+        secret_hash = await asyncio.to_thread(self._bcrypt_hash, secret)
+        return token_id, f"{ENROLLMENT_PREFIX}{token_id}.{secret}", secret_hash
+
+    async def check_enrollment(self, token: Any, now: datetime) -> str:
+        """Return the enrollment token's id when ``token`` is valid, unexpired and unspent."""
+        if (
+            not isinstance(token, str)
+            or not token.startswith(ENROLLMENT_PREFIX)
+            or "." not in token
+        ):
+            raise InvalidEnrollmentToken("enrollment token is invalid")
+        token_id, secret = token[len(ENROLLMENT_PREFIX) :].split(".", 1)
+        record = await self._store.get_enrollment_token(token_id)
+        if record is None or not await asyncio.to_thread(
+            self._bcrypt_check, secret, record.secret_hash
+        ):
+            raise InvalidEnrollmentToken("enrollment token is invalid")
+        if record.expires_at <= format_time(now) or record.uses >= record.max_uses:
+            raise InvalidEnrollmentToken("enrollment token is expired or used up")
+        return record.id
+
+    def _bcrypt_hash(self, secret: str) -> str:
+        import bcrypt
+
+        self._metrics.bcrypt_calls.inc()
+        return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(self._bcrypt_rounds)).decode()
+
+    def _bcrypt_check(self, secret: str, hashed: str) -> bool:
+        import bcrypt
+
+        self._metrics.bcrypt_calls.inc()
+        return bcrypt.checkpw(secret.encode(), hashed.encode())

@@ -1,0 +1,132 @@
+"""The control plane's own schema, as versioned migrations (data, not code).
+
+Portable SQL only: the same statements run on SQLite and on
+PostgreSQL/CockroachDB. Timestamps are fixed-width RFC 3339 UTC text (they sort
+and compare as strings on every engine); ids are UUID text generated in Python.
+A migration and its record in ``control_plane_migrations`` commit together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgesync.sqlscript import split_statements
+
+
+@dataclass(frozen=True)
+class ControlPlaneMigration:
+    version: int
+    description: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        return split_statements(self.sql)
+
+
+MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
+    ControlPlaneMigration(
+        1,
+        "seed tables: nodes, functions, schema_migrations, deployments, sync records",
+        """
+        CREATE TABLE nodes (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            region TEXT,
+            labels TEXT NOT NULL,
+            current_schema_version INTEGER NOT NULL DEFAULT 0,
+            state_seq BIGINT NOT NULL DEFAULT 0,
+            token_jti TEXT NOT NULL,
+            token_hash TEXT NOT NULL,
+            token_expires_at TEXT NOT NULL,
+            poll_interval_seconds INTEGER NOT NULL,
+            agent_version TEXT,
+            state_etag TEXT,
+            sync_status TEXT NOT NULL DEFAULT 'idle',
+            last_heartbeat_at TEXT,
+            offline_after TEXT NOT NULL,
+            last_sync_at TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_nodes_created ON nodes (created_at, id);
+        CREATE INDEX idx_nodes_region ON nodes (region, created_at);
+        CREATE INDEX idx_nodes_offline_after ON nodes (offline_after);
+
+        CREATE TABLE functions (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size_bytes BIGINT NOT NULL,
+            storage_key TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            deleted_at TEXT
+        );
+        CREATE UNIQUE INDEX idx_functions_name_version ON functions (name, version);
+        CREATE INDEX idx_functions_created ON functions (created_at, id);
+
+        CREATE TABLE schema_migrations (
+            version INTEGER PRIMARY KEY,
+            description TEXT NOT NULL,
+            up_sql TEXT NOT NULL,
+            down_sql TEXT,
+            checksum TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+
+        CREATE TABLE node_function_deployments (
+            node_id TEXT NOT NULL REFERENCES nodes (id),
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            deployed_at TEXT NOT NULL,
+            PRIMARY KEY (node_id, name)
+        );
+        CREATE INDEX idx_deployments_function ON node_function_deployments (name, version);
+
+        CREATE TABLE sync_records (
+            id TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL REFERENCES nodes (id),
+            sync_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            plan_etag TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            completed_at TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            functions_added INTEGER NOT NULL DEFAULT 0,
+            functions_removed INTEGER NOT NULL DEFAULT 0,
+            schemas_applied INTEGER NOT NULL DEFAULT 0,
+            ack_digest TEXT
+        );
+        CREATE INDEX idx_sync_records_node_started ON sync_records (node_id, started_at);
+        CREATE INDEX idx_sync_records_status ON sync_records (status);
+        """,
+    ),
+    ControlPlaneMigration(
+        2,
+        "auth and coordination: enrollment tokens, shared secrets, fleet generation",
+        """
+        CREATE TABLE enrollment_tokens (
+            id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            region TEXT,
+            max_uses INTEGER NOT NULL,
+            uses INTEGER NOT NULL DEFAULT 0,
+            expires_at TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+
+        CREATE TABLE secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+
+        CREATE TABLE fleet_state (
+            id INTEGER PRIMARY KEY,
+            generation BIGINT NOT NULL
+        );
+        INSERT INTO fleet_state (id, generation) VALUES (1, 1);
+        """,
+    ),
+)

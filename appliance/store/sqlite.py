@@ -1,0 +1,135 @@
+"""The embedded SQLite driver (aiosqlite), for a control plane with nothing installed.
+
+One writer connection serialised by an asyncio lock (SQLite allows one writer)
+and one reader connection; WAL mode lets the reader see committed data while a
+write transaction is open. A SQLite file belongs to one ``edgesync serve``
+process (the data-dir lock enforces it), so ``shared`` is False and the app may
+trust its in-process caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiosqlite
+
+from appliance.store.db import (
+    Connection,
+    DatabaseUnavailable,
+    IntegrityViolation,
+    Params,
+    Row,
+)
+
+
+def _translate(exc: sqlite3.Error) -> Exception:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return IntegrityViolation(str(exc))
+    return DatabaseUnavailable(str(exc))
+
+
+class _SqliteConnection:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        try:
+            async with self._connection.execute(sql, params) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        return dict(row) if row is not None else None
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        try:
+            async with self._connection.execute(sql, params) as cursor:
+                rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        return [dict(row) for row in rows]
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        try:
+            async with self._connection.execute(sql, params) as cursor:
+                return cursor.rowcount
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+
+class SqliteDatabase(_SqliteConnection):
+    dialect = "sqlite"
+    shared = False
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        super().__init__(reader)
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self._in_use = 0
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteDatabase:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        writer.row_factory = sqlite3.Row
+        await writer.execute("PRAGMA journal_mode=WAL")
+        await writer.execute("PRAGMA synchronous=NORMAL")
+        await writer.execute("PRAGMA busy_timeout=5000")
+        await writer.execute("PRAGMA foreign_keys=ON")
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        reader.row_factory = sqlite3.Row
+        await reader.execute("PRAGMA busy_timeout=5000")
+        return cls(writer, reader)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        self._in_use += 1
+        try:
+            return await super().fetchone(sql, params)
+        finally:
+            self._in_use -= 1
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        self._in_use += 1
+        try:
+            return await super().fetchall(sql, params)
+        finally:
+            self._in_use -= 1
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._write_lock:
+            self._in_use += 1
+            try:
+                # IMMEDIATE takes the write lock now, so reads inside the
+                # transaction cannot be invalidated by a later lock upgrade.
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SqliteConnection(self._writer)
+                except BaseException:
+                    await self._writer.execute("ROLLBACK")
+                    raise
+                await self._writer.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _translate(exc) from exc
+            finally:
+                self._in_use -= 1
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1 AS ok")
+
+    def connections_in_use(self) -> int:
+        return self._in_use
+
+    async def close(self) -> None:
+        for connection in (self._reader, self._writer):
+            try:
+                await connection.close()
+            except Exception:
+                pass

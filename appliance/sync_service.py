@@ -1,0 +1,179 @@
+"""Serving plans and recording acks, with the plan cache in front of the planner.
+
+The cache is keyed by what a plan depends on: the fleet generation (bumped by
+every change to the target, in the database, so every replica sees it) and the
+node's state revision (bumped by every recorded ack). A key that no longer
+matches is a miss, so a cached plan can never be stale; the 5-minute TTL only
+bounds memory and keeps signed URLs well inside their validity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from appliance.metrics import Metrics
+from appliance.planner import (
+    FunctionSpec,
+    MigrationSpec,
+    NodeView,
+    PlanDraft,
+    TargetSpec,
+    make_plan,
+)
+from appliance.signing import UrlSigner
+from appliance.store.records import NodeStamp, SyncRecord
+from appliance.store.store import Store
+from edgesync.protocol import Ack, format_time, parse_time, utcnow
+
+CACHE_LIMIT = 200_000
+
+
+@dataclass
+class _CachedPlan:
+    key: tuple[int, int]
+    etag: str
+    body: bytes | None
+    created: float
+
+
+@dataclass(frozen=True)
+class PlanResponse:
+    etag: str
+    body: bytes | None  # None: answer 304 Not Modified
+
+
+class SyncService:
+    def __init__(
+        self,
+        store: Store,
+        signer: UrlSigner,
+        metrics: Metrics,
+        *,
+        cache_ttl_seconds: float = 300,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._metrics = metrics
+        self._ttl = cache_ttl_seconds
+        self._plans: dict[str, _CachedPlan] = {}
+        self._target: tuple[int, TargetSpec] | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def plan(
+        self, stamp: NodeStamp, if_none_match: str | None, base_url: str
+    ) -> PlanResponse:
+        key = (stamp.generation, stamp.state_seq)
+        cached = self._fresh(stamp.node_id, key)
+        if cached is not None and (cached.body is not None or cached.etag == if_none_match):
+            return self._answer(cached, if_none_match)
+        # One plan (and so one sync record) per node at a time.
+        async with self._locks.setdefault(stamp.node_id, asyncio.Lock()):
+            cached = self._fresh(stamp.node_id, key)
+            if cached is None or (cached.body is None and cached.etag != if_none_match):
+                cached = await self._build(stamp, key, if_none_match, base_url)
+            return self._answer(cached, if_none_match)
+
+    def _fresh(self, node_id: str, key: tuple[int, int]) -> _CachedPlan | None:
+        cached = self._plans.get(node_id)
+        if cached is None or cached.key != key or time.monotonic() - cached.created > self._ttl:
+            return None
+        return cached
+
+    def _answer(self, cached: _CachedPlan, if_none_match: str | None) -> PlanResponse:
+        if if_none_match is not None and cached.etag == if_none_match:
+            self._metrics.plans.labels("not_modified").inc()
+            return PlanResponse(cached.etag, None)
+        self._metrics.plans.labels("full").inc()
+        return PlanResponse(cached.etag, cached.body)
+
+    async def _build(
+        self, stamp: NodeStamp, key: tuple[int, int], if_none_match: str | None, base_url: str
+    ) -> _CachedPlan:
+        node = await self._store.get_node(stamp.node_id)
+        target = await self._target_spec(stamp.generation)
+        draft = make_plan(NodeView(node.state(), node.state_seq), target)
+        body: bytes | None = None
+        # A node that already holds this exact plan needs no new sync record.
+        if draft.etag != if_none_match:
+            body = await self._render(stamp.node_id, draft, base_url)
+        cached = _CachedPlan(key, draft.etag, body, time.monotonic())
+        if len(self._plans) >= CACHE_LIMIT:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[stamp.node_id] = cached
+        return cached
+
+    async def _target_spec(self, generation: int) -> TargetSpec:
+        if self._target is not None and self._target[0] == generation:
+            return self._target[1]
+        target = await self._store.target()
+        spec = TargetSpec(
+            tuple(MigrationSpec(m.version, m.description, m.up_sql) for m in target.migrations),
+            tuple(
+                FunctionSpec(f.id, f.name, f.version, f.sha256, f.size_bytes)
+                for f in target.functions
+            ),
+        )
+        self._target = (target.generation, spec)
+        return spec
+
+    async def _render(self, node_id: str, draft: PlanDraft, base_url: str) -> bytes:
+        sync_id: str | None = None
+        if not draft.is_empty:
+            sync_id = str(uuid.uuid4())
+            await self._store.open_sync(
+                SyncRecord(
+                    id=sync_id,
+                    node_id=node_id,
+                    sync_type=draft.sync_type,
+                    status="pending",
+                    plan_etag=draft.etag,
+                    started_at=format_time(utcnow()),
+                    completed_at=None,
+                    error_code=None,
+                    error_message=None,
+                    functions_added=len(draft.deploys),
+                    functions_removed=len(draft.removes),
+                    schemas_applied=len(draft.schema),
+                )
+            )
+        actions: list[dict[str, Any]] = [a.to_dict() for a in draft.schema]
+        actions += [self.deploy_action(spec, base_url) for spec in draft.deploys]
+        actions += [a.to_dict() for a in draft.removes]
+        body = {
+            "sync_id": sync_id,
+            "etag": draft.etag,
+            "target": draft.target.to_dict(),
+            "actions": actions,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def deploy_action(self, spec: FunctionSpec, base_url: str) -> dict[str, Any]:
+        expires, signature = self._signer.sign(spec.id)
+        return {
+            "type": "deploy_function",
+            "function_id": spec.id,
+            "name": spec.name,
+            "version": spec.version,
+            "sha256": spec.sha256,
+            "size_bytes": spec.size_bytes,
+            "download_url": (
+                f"{base_url}/api/v1/functions/{spec.id}/download?expires={expires}&sig={signature}"
+            ),
+            "url_expires_at": format_time(datetime.fromtimestamp(expires, tz=utcnow().tzinfo)),
+        }
+
+    async def ack(self, node_id: str, ack: Ack) -> SyncRecord:
+        now = utcnow()
+        record, fresh = await self._store.record_ack(node_id, ack, now)
+        self._plans.pop(node_id, None)
+        if fresh:
+            self._metrics.syncs.labels(ack.status).inc()
+            elapsed = (now - parse_time(record.started_at)).total_seconds()
+            self._metrics.sync_latency.labels(ack.status).observe(max(0.0, elapsed))
+        return record

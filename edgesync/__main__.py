@@ -1,0 +1,3 @@
+from edgesync.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The ``edgesync`` command: one executable for servers, devices and laptops.
+
+Subcommands live in ``edgesync.commands`` and are imported only when invoked,
+so ``edgesync --help`` never pays for aiohttp, wasmtime or libsql.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from edgesync import __version__
+
+# name -> (module, attribute, one-line help shown by --help without importing)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("edgesync.commands.serve", "serve", "Run the control plane."),
+    "upload": ("edgesync.commands.operator", "upload", "Upload a WASM function version."),
+    "functions": ("edgesync.commands.operator", "functions", "List, show or delete functions."),
+    "schema": ("edgesync.commands.operator", "schema", "Add or list schema migrations."),
+    "nodes": ("edgesync.commands.operator", "nodes", "List or show nodes."),
+    "token": ("edgesync.commands.operator", "token", "Create enrollment tokens."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attribute, _ = COMMANDS[name]
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"auto_envvar_prefix": "EDGESYNC", "help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, prog_name="edgesync")
+def cli() -> None:
+    """edgesync: WebAssembly functions and the SQL schema they need, at the edge."""
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgesync")

@@ -1,0 +1,1 @@
+"""Subcommands of the ``edgesync`` CLI (imported lazily by ``edgesync.cli``)."""

@@ -1,0 +1,101 @@
+"""``edgesync serve``: options build a :class:`ServeConfig`, then ``run(config)``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("edgesync-data"),
+    show_default=True,
+    help="Holds the embedded database, artifacts and the generated admin token.",
+)
+@click.option(
+    "--database-url",
+    envvar=["EDGESYNC_DATABASE_URL", "DATABASE_URL"],
+    help="postgresql://… for CockroachDB/PostgreSQL; default: SQLite in the data dir.",
+)
+@click.option(
+    "--artifact-url",
+    envvar="EDGESYNC_ARTIFACT_URL",
+    help="Where modules live; default: a folder in the data dir.",
+)
+@click.option(
+    "--public-url", envvar="EDGESYNC_PUBLIC_URL", help="Base URL nodes use to reach this server."
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--max-upload-mb", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--poll-interval",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 86400),
+    help="Seconds between agent polls, told to nodes at registration.",
+)
+@click.option(
+    "--url-ttl",
+    default=900,
+    show_default=True,
+    type=click.IntRange(10, 86400),
+    help="Seconds a signed download URL stays valid.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    database_url: str | None,
+    artifact_url: str | None,
+    public_url: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    max_upload_mb: int,
+    poll_interval: int,
+    url_ttl: int,
+    log_level: str,
+    no_access_log: bool,
+) -> None:
+    """Run the control plane (REST API, artifact store, metrics)."""
+    from appliance.config import ServeConfig
+    from appliance.server import run
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if no_access_log:
+        logging.getLogger("edgesync.access").setLevel(logging.WARNING)
+    config = ServeConfig(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        artifact_url=artifact_url,
+        public_url=public_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_upload_mb=max_upload_mb,
+        poll_interval_seconds=poll_interval,
+        url_ttl_seconds=url_ttl,
+        admin_token=os.environ.get("EDGESYNC_ADMIN_TOKEN") or None,
+    )
+    try:
+        config.validate()
+        run(config)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc

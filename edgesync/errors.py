@@ -1,0 +1,178 @@
+"""One error hierarchy for the control plane, the agent and the CLI.
+
+Every failure that crosses the wire is an :class:`EdgesyncError`: it carries the
+envelope code from PROTOCOL.md, the HTTP status it maps to, and whether retrying
+the same request may succeed. One aiohttp middleware renders them
+(``appliance.middleware``); the client parses the envelope back into the same
+class, so both sides speak one vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EdgesyncError(Exception):
+    """Base of every edgesync error that has a stable code."""
+
+    code = "INTERNAL"
+    status = 500
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+        retryable: bool | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if retryable is not None:
+            self.retryable = retryable
+        self.details: dict[str, Any] = details or {}
+        self.headers: dict[str, str] = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        """The error body of PROTOCOL.md."""
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "details": self.details,
+                "retryable": self.retryable,
+            }
+        }
+
+    @classmethod
+    def from_envelope(cls, status: int, body: Any) -> EdgesyncError:
+        """Rebuild an error from a response body; tolerate non-envelope bodies."""
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict):
+            return cls(
+                f"HTTP {status} without an error envelope",
+                code="BAD_RESPONSE",
+                status=status,
+                retryable=status >= 500,
+            )
+        return cls(
+            str(error.get("message", "")),
+            code=str(error.get("code", "INTERNAL")),
+            status=status,
+            details=error.get("details") or {},
+            retryable=bool(error.get("retryable", False)),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class BadRequest(EdgesyncError):
+    code = "BAD_REQUEST"
+    status = 400
+
+
+class InvalidJSON(BadRequest):
+    code = "INVALID_JSON"
+
+
+class ValidationFailed(BadRequest):
+    code = "VALIDATION_FAILED"
+
+
+class InvalidName(BadRequest):
+    code = "INVALID_NAME"
+
+
+class InvalidVersion(BadRequest):
+    code = "INVALID_VERSION"
+
+
+class InvalidWasm(BadRequest):
+    code = "INVALID_WASM"
+
+
+class HashMismatch(BadRequest):
+    code = "HASH_MISMATCH"
+
+
+class InvalidMigration(BadRequest):
+    code = "INVALID_MIGRATION"
+
+
+class Unauthorized(EdgesyncError):
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class InvalidEnrollmentToken(Unauthorized):
+    code = "INVALID_ENROLLMENT_TOKEN"
+
+
+class Forbidden(EdgesyncError):
+    code = "FORBIDDEN"
+    status = 403
+
+
+class UrlExpiredOrInvalid(Forbidden):
+    code = "URL_EXPIRED_OR_INVALID"
+
+
+class NotFound(EdgesyncError):
+    code = "NOT_FOUND"
+    status = 404
+
+
+class MethodNotAllowed(EdgesyncError):
+    code = "METHOD_NOT_ALLOWED"
+    status = 405
+
+
+class Conflict(EdgesyncError):
+    code = "CONFLICT"
+    status = 409
+
+
+class FunctionExists(Conflict):
+    code = "FUNCTION_EXISTS"
+
+
+class SchemaVersionConflict(Conflict):
+    code = "SCHEMA_VERSION_CONFLICT"
+
+
+class UnknownSync(Conflict):
+    code = "SYNC_CONFLICT"
+
+
+class PayloadTooLarge(EdgesyncError):
+    code = "PAYLOAD_TOO_LARGE"
+    status = 413
+
+
+class UnsupportedMediaType(EdgesyncError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+
+
+class ServiceUnavailable(EdgesyncError):
+    code = "SERVICE_UNAVAILABLE"
+    status = 503
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: int = 5, **kwargs: Any) -> None:
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers.setdefault("Retry-After", str(retry_after))
+        super().__init__(message, headers=headers, **kwargs)
+
+
+class InternalError(EdgesyncError):
+    code = "INTERNAL"
+    status = 500
