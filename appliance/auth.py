@@ -107,9 +107,10 @@ class Authority:
     # -- per request ----------------------------------------------------------------
 
     async def authenticate(self, header: str | None) -> Principal:
-        if not header or not header.startswith("Bearer "):
+        scheme, _, token = (header or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        token = header[7:].strip()
         if hmac.compare_digest(token_digest(token).encode(), self._admin_digest):
             return Principal("admin")
         verified = self._verified.get(token)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edgesync.errors import InvalidMigration
-from edgesync.sqlscript import split_statements
+from edgesync.sqlscript import forbidden_statement, split_statements
 
 
 def check_chain(accepted: Sequence[str], candidate: str) -> None:
@@ -21,6 +21,14 @@ def check_chain(accepted: Sequence[str], candidate: str) -> None:
         raise InvalidMigration(
             "up_sql holds no SQL statement", details={"sql_error": "empty migration"}
         )
+    for index, statement in enumerate(statements):
+        keyword = forbidden_statement(statement)
+        if keyword is not None:
+            raise InvalidMigration(
+                f"migrations may not use {keyword}: the agent applies each release"
+                " in one transaction inside the node's database file",
+                details={"sql_error": f"{keyword} is not allowed", "statement_index": index},
+            )
     connection = _scratch_connection()
     try:
         for script in accepted:

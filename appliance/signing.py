@@ -26,10 +26,12 @@ class UrlSigner:
 
     def verify(self, function_id: str, expires: str | None, signature: str | None) -> None:
         """Raise :class:`UrlExpiredOrInvalid` for a tampered, partial or expired URL."""
-        if not expires or not signature or not expires.isdigit():
+        # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+        if not expires or not signature or not (expires.isascii() and expires.isdigit()):
             raise UrlExpiredOrInvalid("download URL is invalid")
         expected = self._signature(function_id, int(expires))
-        if not hmac.compare_digest(expected, signature):
+        # As bytes: compare_digest raises TypeError on non-ASCII str.
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise UrlExpiredOrInvalid("download URL is invalid")
         if int(expires) < time.time():
             raise UrlExpiredOrInvalid("download URL has expired")

@@ -34,6 +34,16 @@ from edgesync.protocol import Ack, format_time, parse_time, utcnow
 CACHE_LIMIT = 200_000
 
 
+def etag_matches(etag: str, if_none_match: str | None) -> bool:
+    """RFC 9110 weak comparison against an ``If-None-Match`` list (or ``*``)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    candidates = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+    return etag.removeprefix("W/") in candidates
+
+
 @dataclass
 class _CachedPlan:
     key: tuple[int, int]
@@ -60,7 +70,8 @@ class SyncService:
         self._store = store
         self._signer = signer
         self._metrics = metrics
-        self._ttl = cache_ttl_seconds
+        # Cached plans carry signed URLs: never serve one past a third of its TTL.
+        self._ttl = min(cache_ttl_seconds, signer.ttl_seconds / 3)
         self._plans: dict[str, _CachedPlan] = {}
         self._target: tuple[int, TargetSpec] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -70,12 +81,16 @@ class SyncService:
     ) -> PlanResponse:
         key = (stamp.generation, stamp.state_seq)
         cached = self._fresh(stamp.node_id, key)
-        if cached is not None and (cached.body is not None or cached.etag == if_none_match):
+        if cached is not None and (
+            cached.body is not None or etag_matches(cached.etag, if_none_match)
+        ):
             return self._answer(cached, if_none_match)
         # One plan (and so one sync record) per node at a time.
         async with self._locks.setdefault(stamp.node_id, asyncio.Lock()):
             cached = self._fresh(stamp.node_id, key)
-            if cached is None or (cached.body is None and cached.etag != if_none_match):
+            if cached is None or (
+                cached.body is None and not etag_matches(cached.etag, if_none_match)
+            ):
                 cached = await self._build(stamp, key, if_none_match, base_url)
             return self._answer(cached, if_none_match)
 
@@ -86,7 +101,7 @@ class SyncService:
         return cached
 
     def _answer(self, cached: _CachedPlan, if_none_match: str | None) -> PlanResponse:
-        if if_none_match is not None and cached.etag == if_none_match:
+        if etag_matches(cached.etag, if_none_match):
             self._metrics.plans.labels("not_modified").inc()
             return PlanResponse(cached.etag, None)
         self._metrics.plans.labels("full").inc()
@@ -100,7 +115,7 @@ class SyncService:
         draft = make_plan(NodeView(node.state(), node.state_seq), target)
         body: bytes | None = None
         # A node that already holds this exact plan needs no new sync record.
-        if draft.etag != if_none_match:
+        if not etag_matches(draft.etag, if_none_match):
             body = await self._render(stamp.node_id, draft, base_url)
         cached = _CachedPlan(key, draft.etag, body, time.monotonic())
         if len(self._plans) >= CACHE_LIMIT:

@@ -62,18 +62,23 @@ async def receive_upload(request: web.Request, staging_dir: Path, max_bytes: int
                     )
                 await _stream_to_staging(part, staging_dir, max_bytes, staged)
             elif part.name:
-                value = await part.read(decode=True)
-                if len(value) > FIELD_LIMIT:
-                    raise ValidationFailed(
-                        f"field {part.name} is too long", details={"field": part.name}
-                    )
-                staged.fields[part.name] = value.decode("utf-8", errors="replace").strip()
+                staged.fields[part.name] = await _read_field(part)
     except BaseException:
         staged.discard()
         raise
     if staged.path is None:
         raise ValidationFailed("the module file field is missing", details={"field": "module"})
     return staged
+
+
+async def _read_field(part: BodyPartReader) -> str:
+    """A small text field, refused as soon as it outgrows ``FIELD_LIMIT``."""
+    value = bytearray()
+    while chunk := await part.read_chunk(FIELD_LIMIT):
+        value += chunk
+        if len(value) > FIELD_LIMIT:
+            raise ValidationFailed(f"field {part.name} is too long", details={"field": part.name})
+    return bytes(value).decode("utf-8", errors="replace").strip()
 
 
 async def _stream_to_staging(

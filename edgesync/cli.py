@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "schema": ("edgesync.commands.operator", "schema", "Add or list schema migrations."),
     "nodes": ("edgesync.commands.operator", "nodes", "List or show nodes."),
     "token": ("edgesync.commands.operator", "token", "Create enrollment tokens."),
+    "agent": ("edgesync.commands.agent", "agent", "Run the edge agent (and `agent status`)."),
+    "invoke": ("edgesync.commands.agent", "invoke", "Run a deployed function locally."),
 }
 
 

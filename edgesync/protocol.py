@@ -23,6 +23,10 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 ARTIFACT_BUCKET = "wasm-functions"
 
+# The error code of a failed ack by which a node gives up on a plan after its
+# tries: the control plane then stops offering that plan until the target changes.
+PLAN_REJECTED = "PLAN_REJECTED"
+
 
 def artifact_key(name: str, version: str) -> str:
     """The seed's object key layout inside the ``wasm-functions`` bucket."""
@@ -30,7 +34,8 @@ def artifact_key(name: str, version: str) -> str:
 
 
 def validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    # fullmatch: ``$`` alone would also accept a trailing newline.
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidName(
             "function name must match ^[a-z0-9][a-z0-9_-]{0,62}$",
             details={"name": name if isinstance(name, str) else None},
@@ -39,7 +44,7 @@ def validate_name(name: Any) -> str:
 
 
 def validate_version(version: Any) -> str:
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise InvalidVersion(
             "version must match ^[0-9A-Za-z][0-9A-Za-z.+_-]{0,49}$",
             details={"version": version if isinstance(version, str) else None},
@@ -99,7 +104,7 @@ class FunctionRef:
         name = validate_name(_require(body, "name", str, where))
         version = validate_version(_require(body, "version", str, where))
         sha256 = _require(body, "sha256", str, where)
-        if not SHA256_RE.match(sha256):
+        if not SHA256_RE.fullmatch(sha256):
             raise ValidationFailed(
                 f"{where}.sha256 must be 64 lowercase hex digits",
                 details={"field": f"{where}.sha256"},

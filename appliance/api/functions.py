@@ -54,7 +54,7 @@ async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:
     name = validate_name(staged.fields.get("name"))
     version = validate_version(staged.fields.get("version"))
     claimed = staged.fields.get("sha256", "").lower() or None
-    if claimed is not None and not SHA256_RE.match(claimed):
+    if claimed is not None and not SHA256_RE.fullmatch(claimed):
         raise ValidationFailed("sha256 must be 64 hex digits", details={"field": "sha256"})
     if await svc.store.function_exists(name, version):
         raise _exists(name, version)

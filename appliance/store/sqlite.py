@@ -24,8 +24,12 @@ from appliance.store.db import (
     Row,
 )
 
+# aiosqlite raises ValueError once its connection is closed (e.g. during shutdown):
+# that is an unavailable database too (503, retryable), not an internal error.
+_DRIVER_ERRORS = (sqlite3.Error, ValueError)
 
-def _translate(exc: sqlite3.Error) -> Exception:
+
+def _translate(exc: Exception) -> Exception:
     if isinstance(exc, sqlite3.IntegrityError):
         return IntegrityViolation(str(exc))
     return DatabaseUnavailable(str(exc))
@@ -39,7 +43,7 @@ class _SqliteConnection:
         try:
             async with self._connection.execute(sql, params) as cursor:
                 row = await cursor.fetchone()
-        except sqlite3.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
         return dict(row) if row is not None else None
 
@@ -47,7 +51,7 @@ class _SqliteConnection:
         try:
             async with self._connection.execute(sql, params) as cursor:
                 rows = await cursor.fetchall()
-        except sqlite3.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
         return [dict(row) for row in rows]
 
@@ -55,7 +59,7 @@ class _SqliteConnection:
         try:
             async with self._connection.execute(sql, params) as cursor:
                 return cursor.rowcount
-        except sqlite3.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
 
 
@@ -106,16 +110,20 @@ class SqliteDatabase(_SqliteConnection):
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._write_lock:
             self._in_use += 1
+            # Transaction control goes through the translating connection too, so a
+            # closed or locked database is DatabaseUnavailable. The outer clause
+            # stays narrow: a ValueError of the body is a bug, not unavailability.
+            tx = _SqliteConnection(self._writer)
             try:
                 # IMMEDIATE takes the write lock now, so reads inside the
                 # transaction cannot be invalidated by a later lock upgrade.
-                await self._writer.execute("BEGIN IMMEDIATE")
+                await tx.execute("BEGIN IMMEDIATE")
                 try:
-                    yield _SqliteConnection(self._writer)
+                    yield tx
                 except BaseException:
-                    await self._writer.execute("ROLLBACK")
+                    await tx.execute("ROLLBACK")
                     raise
-                await self._writer.execute("COMMIT")
+                await tx.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise _translate(exc) from exc
             finally:

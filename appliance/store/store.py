@@ -42,7 +42,7 @@ from edgesync.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from edgesync.protocol import Ack, FunctionRef, format_time
+from edgesync.protocol import PLAN_REJECTED, Ack, FunctionRef, format_time
 
 T = TypeVar("T")
 
@@ -588,12 +588,17 @@ class Store:
             (node_id,),
         )
         still_syncing = bool(pending and int(pending["n"]))
+        # A rejection changes nothing the plan depends on: keep the revision, so the
+        # node's next poll with the same ETag is a 304 instead of the same plan again.
+        rejected = ack.error is not None and ack.error.code == PLAN_REJECTED
         await tx.execute(
-            "UPDATE nodes SET current_schema_version = ?, state_seq = state_seq + 1,"
+            "UPDATE nodes SET current_schema_version = ?,"
+            " state_seq = state_seq + CASE WHEN ? THEN 0 ELSE 1 END,"
             " sync_status = ?, last_sync_at = CASE WHEN ? THEN ? ELSE last_sync_at END"
             " WHERE id = ?",
             (
                 ack.state.schema_version,
+                rejected,
                 "pending" if still_syncing else "idle",
                 ack.status == "success",
                 moment,

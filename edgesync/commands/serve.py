@@ -78,6 +78,8 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # aiosqlite's DEBUG lines carry SQL parameters: token hashes and signing keys.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
     if no_access_log:
         logging.getLogger("edgesync.access").setLevel(logging.WARNING)
     config = ServeConfig(
