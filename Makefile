@@ -1,0 +1,62 @@
+# edgesync developer tasks; `make help` lists them.
+#
+#   make install   .venv with edgesync (editable) and its test and lint tools
+#   make test      the whole test suite (unit, API, end to end)
+#   make demo      the API end to end on a throwaway server
+#   make zipapp    dist/edgesync.pyz (PLATFORM=x86_64|aarch64 for a manylinux build)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_PY := $(VENV)/bin/python
+# Written after a successful install; newer than setup.cfg and pyproject.toml
+# means there is nothing to do.
+STAMP := $(VENV)/.edgesync-installed
+
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DATA_DIR ?= edgesync-data
+PLATFORM ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install test zipapp serve demo lint bench clean distclean
+
+help: ## Show this list.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install edgesync[test,lint] (editable); fast when done.
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	@touch $@
+
+test: install ## Run the test suite (pytest -q; PYTEST_ARGS=... to pass more).
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+zipapp: install ## Build dist/edgesync.pyz with shiv (PLATFORM=x86_64|aarch64: dist/edgesync-ARCH.pyz).
+	$(VENV_PY) build/zipapp.py $(if $(PLATFORM),--platform $(PLATFORM))
+
+serve: install ## Run the control plane on embedded SQLite + folder store in ./edgesync-data.
+	$(VENV)/bin/edgesync serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+demo: install ## Drive the API end to end against a throwaway server, then print a summary.
+	$(VENV_PY) examples/demo_api.py
+
+lint: install ## ruff check, ruff format --check and mypy (config in pyproject.toml).
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: install ## Run the benchmarks (bench/run_all.py).
+	$(VENV_PY) bench/run_all.py
+
+clean: ## Remove build output and caches (keeps .venv and ./edgesync-data).
+	rm -rf dist build/out .pytest_cache .mypy_cache .ruff_cache demo-data bench/out
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too.
+	rm -rf $(VENV)
