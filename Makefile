@@ -20,8 +20,10 @@ PORT ?= 8080
 DATA_DIR ?= edgesync-data
 PLATFORM ?=
 PYTEST_ARGS ?=
+# The WasmEdge wrapper build/wasmedge.sh provides (tests use it through EDGESYNC_WASMEDGE).
+WASMEDGE := .wasmedge/bin/wasmedge
 
-.PHONY: help install test zipapp serve demo lint bench clean distclean
+.PHONY: help install test wasmedge examples zipapp serve demo lint bench clean distclean
 
 help: ## Show this list.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,8 +35,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
 	@touch $@
 
-test: install ## Run the test suite (pytest -q; PYTEST_ARGS=... to pass more).
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+test: install wasmedge ## Run the test suite (pytest -q; PYTEST_ARGS=... to pass more).
+	EDGESYNC_WASMEDGE="$${EDGESYNC_WASMEDGE:-$(CURDIR)/$(WASMEDGE)}" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+wasmedge: $(WASMEDGE) ## Provide WasmEdge in .wasmedge/ (Debian 13 packages, no system change).
+
+$(WASMEDGE): build/wasmedge.sh
+	bash build/wasmedge.sh >/dev/null
+	@touch $@
+
+examples: install ## Build examples/build/*.wasm (WAT, and the C function with clang for wasm32-wasi).
+	bash build/build_examples.sh
 
 zipapp: install ## Build dist/edgesync.pyz with shiv (PLATFORM=x86_64|aarch64: dist/edgesync-ARCH.pyz).
 	$(VENV_PY) build/zipapp.py $(if $(PLATFORM),--platform $(PLATFORM))

@@ -1,0 +1,123 @@
+"""The agent's side of the wire: registration, heartbeats, plans, acks, downloads."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from agent import __version__ as agent_version
+from edgesync.errors import EdgesyncError
+from edgesync.protocol import Ack, NodeState, Plan
+
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
+
+
+class ControlPlane:
+    """One aiohttp session to the control plane, authenticated as one node."""
+
+    def __init__(
+        self, server: str, *, token: str | None = None, ca_file: str | None = None
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file:
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ControlPlane:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=TIMEOUT, headers={"User-Agent": f"edgesync-agent/{agent_version}"}
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def _call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        async with self._client().request(
+            method,
+            f"{self.server}{path}",
+            json=body,
+            headers=self._headers(headers),
+            ssl=self._ssl,
+        ) as response:
+            raw = await response.read()
+            status = response.status
+            response_headers = dict(response.headers)
+        decoded = None
+        if raw:
+            try:
+                decoded = json.loads(raw)
+            except ValueError:
+                decoded = None
+        if status >= 400:
+            raise EdgesyncError.from_envelope(status, decoded)
+        return status, decoded, response_headers
+
+    async def register(
+        self, enrollment_token: str, name: str, region: str | None, labels: dict[str, str]
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "region": region,
+            "labels": labels,
+            "enrollment_token": enrollment_token,
+        }
+        _, answer, _ = await self._call("POST", "/api/v1/nodes/register", body)
+        return dict(answer)
+
+    async def heartbeat(self, node_id: str, state: NodeState) -> dict[str, Any]:
+        body = {"agent_version": agent_version, "state_etag": state.digest()}
+        _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/heartbeat", body)
+        return dict(answer)
+
+    async def rotate_token(self, node_id: str) -> dict[str, Any]:
+        _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/token/rotate", {})
+        return dict(answer)
+
+    async def plan(self, node_id: str, etag: str | None) -> Plan | None:
+        """The node's plan, or None when ``etag`` is still current (304)."""
+        headers = {"If-None-Match": etag} if etag else None
+        status, answer, _ = await self._call(
+            "GET", f"/api/v1/nodes/{node_id}/sync", headers=headers
+        )
+        if status == 304:
+            return None
+        return Plan.from_dict(answer)
+
+    async def ack(self, node_id: str, ack: Ack) -> None:
+        await self._call("POST", f"/api/v1/nodes/{node_id}/sync/ack", ack.to_dict())
+
+    async def download(self, url: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """Stream an artifact from its signed URL (no bearer token: the URL is the credential)."""
+        async with self._client().get(url, ssl=self._ssl) as response:
+            if response.status >= 400:
+                raw = await response.read()
+                try:
+                    decoded = json.loads(raw)
+                except ValueError:
+                    decoded = None
+                raise EdgesyncError.from_envelope(response.status, decoded)
+            async for chunk in response.content.iter_chunked(chunk_size):
+                yield chunk

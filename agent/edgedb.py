@@ -1,0 +1,204 @@
+"""The node's libsql database: application schema plus the agent's bookkeeping.
+
+The bookkeeping (``_edgesync_*`` tables) lives in the same file as the schema
+that migrations build, so ONE transaction covers a release: the migrations in
+order and the new function table commit together or not at all (DESIGN.md,
+"The agent's atomicity"). After a crash the file says exactly which release
+the node is on.
+
+libsql's ``executescript`` swallows errors (NOTES.md), so every migration runs
+statement by statement through ``execute``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgesync.errors import EdgesyncError
+from edgesync.protocol import ApplySchema, FunctionRef, NodeState, format_time, utcnow
+from edgesync.sqlscript import forbidden_statement, split_statements
+
+BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS _edgesync_migrations (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    sync_id TEXT,
+    applied_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _edgesync_functions (
+    name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    deployed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _edgesync_releases (
+    sync_id TEXT PRIMARY KEY,
+    schema_version INTEGER NOT NULL,
+    functions INTEGER NOT NULL,
+    committed_at TEXT NOT NULL
+);
+"""
+
+
+class MigrationFailed(EdgesyncError):
+    """A migration did not apply; the release was rolled back. Permanent."""
+
+    code = "MIGRATION_FAILED"
+    status = 422
+
+
+class EdgeDatabase:
+    """A libsql connection to ``DIR/edge.db``; calls are synchronous (run them in a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        import libsql
+
+        self.path = path
+        self._lock = threading.Lock()
+        self._connection: Any = libsql.connect(str(path))
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in split_statements(BOOKKEEPING):
+                    self._connection.execute(statement)
+                self._connection.commit()
+            except BaseException:
+                self._connection.rollback()
+                raise
+
+    def state(self) -> NodeState:
+        with self._lock:
+            return _read_state(self._connection)
+
+    def apply_release(
+        self,
+        migrations: Sequence[ApplySchema],
+        functions: Sequence[FunctionRef],
+        sync_id: str | None,
+        checkpoint: Callable[[str], None] = lambda point: None,
+    ) -> NodeState:
+        """Apply ``migrations`` and make ``functions`` the function table, atomically.
+
+        Raises :class:`MigrationFailed` (after rolling back) when a statement fails.
+        """
+        with self._lock:
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                current = _schema_version(connection)
+                for migration in migrations:
+                    self._apply_migration(connection, migration, current, sync_id)
+                    current = migration.version
+                    checkpoint("migrating")
+                now = format_time(utcnow())
+                connection.execute("DELETE FROM _edgesync_functions")
+                for ref in functions:
+                    connection.execute(
+                        "INSERT INTO _edgesync_functions (name, version, sha256, deployed_at)"
+                        " VALUES (?, ?, ?, ?)",
+                        (ref.name, ref.version, ref.sha256, now),
+                    )
+                if sync_id is not None:
+                    connection.execute(
+                        "INSERT INTO _edgesync_releases"
+                        " (sync_id, schema_version, functions, committed_at) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (sync_id) DO NOTHING",
+                        (sync_id, current, len(functions), now),
+                    )
+                state = _read_state(connection)
+                checkpoint("committing")
+                connection.commit()
+                return state
+            except BaseException:
+                connection.rollback()
+                raise
+
+    @staticmethod
+    def _apply_migration(
+        connection: Any, migration: ApplySchema, current: int, sync_id: str | None
+    ) -> None:
+        if migration.version != current + 1:
+            raise MigrationFailed(
+                f"migration {migration.version} does not follow schema version {current}",
+                details={"version": migration.version, "schema_version": current},
+            )
+        for index, statement in enumerate(split_statements(migration.up_sql)):
+            keyword = forbidden_statement(statement)
+            if keyword is not None:
+                raise MigrationFailed(
+                    f"migration {migration.version} may not use {keyword}",
+                    details={"version": migration.version, "statement_index": index},
+                )
+            try:
+                connection.execute(statement)
+            except Exception as exc:
+                raise MigrationFailed(
+                    f"migration {migration.version} failed: {exc}",
+                    details={
+                        "version": migration.version,
+                        "statement_index": index,
+                        "sql_error": str(exc)[:500],
+                    },
+                ) from exc
+        connection.execute(
+            "INSERT INTO _edgesync_migrations (version, description, checksum, sync_id, applied_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                migration.version,
+                migration.description,
+                hashlib.sha256(migration.up_sql.encode()).hexdigest(),
+                sync_id,
+                format_time(utcnow()),
+            ),
+        )
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction (for tools and tests)."""
+        with self._lock:
+            cursor = self._connection.execute(sql, tuple(params))
+            rows = cursor.fetchall()
+            self._connection.commit()
+            return list(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+def _schema_version(connection: Any) -> int:
+    row = connection.execute("SELECT MAX(version) FROM _edgesync_migrations").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _read_state(connection: Any) -> NodeState:
+    rows = connection.execute(
+        "SELECT name, version, sha256 FROM _edgesync_functions ORDER BY name"
+    ).fetchall()
+    return NodeState(_schema_version(connection), tuple(FunctionRef(*row) for row in rows))
+
+
+def read_state_readonly(path: Path) -> NodeState:
+    """The node state from another process (``agent status``, ``invoke``), via sqlite3."""
+    import sqlite3
+
+    if not path.exists():
+        return NodeState()
+    connection = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True, timeout=5)
+    try:
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if "_edgesync_functions" not in tables:
+            return NodeState()
+        return _read_state(connection)
+    finally:
+        connection.close()

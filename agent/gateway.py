@@ -1,0 +1,106 @@
+"""The local HTTP gateway: deployed functions over WAGI/CGI-style HTTP.
+
+``POST /functions/{name}``: the body goes to the function's stdin, the request
+becomes CGI environment variables, and its stdout comes back with 200. A trap,
+a non-zero exit or a timeout is a 502 with the error envelope. Whatever a
+function does, the agent goes on: every invocation is sandboxed with a time
+and a memory limit by the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from agent.runtime.base import Limits, Runtime
+from edgesync.errors import BadRequest, EdgesyncError, InternalError, NotFound, PayloadTooLarge
+
+log = logging.getLogger("edgesync.gateway")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+LIMITS = web.AppKey("limits", Limits)
+MAX_BODY = 16 * 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _envelope(error: EdgesyncError) -> web.Response:
+    return web.json_response(error.envelope(), status=error.status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EdgesyncError as exc:
+        return _envelope(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return _envelope(PayloadTooLarge("request body exceeds the gateway limit"))
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return _envelope(NotFound(f"no route for {request.method} {request.path}"))
+        if exc.status < 400:
+            raise
+        code = exc.reason.upper().replace(" ", "_")
+        return _envelope(EdgesyncError(exc.reason, code=code, status=exc.status))
+    except Exception:
+        log.exception("gateway error on %s %s", request.method, request.path)
+        return _envelope(InternalError("internal gateway error"))
+
+
+def cgi_environment(request: web.Request, body_length: int) -> dict[str, str]:
+    """WAGI/CGI variables for one request."""
+    env = {
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": request.path,
+        "QUERY_STRING": request.query_string,
+        "CONTENT_TYPE": request.headers.get("Content-Type", ""),
+        "CONTENT_LENGTH": str(body_length),
+        "SERVER_PROTOCOL": f"HTTP/{request.version.major}.{request.version.minor}",
+        "REMOTE_ADDR": request.remote or "",
+        "X_FULL_URL": str(request.url),
+    }
+    for key, value in request.headers.items():
+        name = key.upper().replace("-", "_")
+        if name in ("CONTENT_TYPE", "CONTENT_LENGTH", "AUTHORIZATION"):
+            continue  # credentials never reach a function
+        env[f"HTTP_{name}"] = value
+    return env
+
+
+async def invoke(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    body = await request.read()
+    runtime = request.app[RUNTIME]
+    try:
+        environment = cgi_environment(request, len(body))
+        result = await runtime.invoke(name, body, environment, request.app[LIMITS])
+    except ValueError as exc:  # a header that cannot become an environment variable
+        raise BadRequest(str(exc)) from exc
+    return web.Response(body=result.stdout, content_type="application/octet-stream")
+
+
+async def list_functions(request: web.Request) -> web.Response:
+    table = request.app[RUNTIME].functions()
+    functions = [ref.to_dict() for _, ref in sorted(table.items())]
+    return web.Response(text=json.dumps({"functions": functions}), content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return web.json_response(
+        {"status": "ok", "runtime": runtime.name, "functions": len(runtime.functions())}
+    )
+
+
+def make_gateway(runtime: Runtime, limits: Limits) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
+    app[RUNTIME] = runtime
+    app[LIMITS] = limits
+    app.router.add_post("/functions/{name}", invoke)
+    app.router.add_get("/functions", list_functions)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,310 @@
+"""The agent's life: enroll once, then poll, reconcile and report, forever.
+
+``Agent.sync_once()`` is one step (heartbeat, token rotation, plan, release,
+ack) and knows nothing of time; ``Agent.run()`` repeats it on the poll
+interval with jitter, or on the retry schedule after a failure, through an
+injectable :class:`~agent.backoff.Clock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.api import ControlPlane
+from agent.artifacts import ArtifactCache
+from agent.backoff import Clock, RealClock, jittered, retry_delay
+from agent.config import AgentConfig
+from agent.credentials import Credentials
+from agent.edgedb import EdgeDatabase
+from agent.failures import PLAN_REJECTED, classify, error_info
+from agent.reconcile import Reconciler
+from agent.runtime.base import Runtime
+from edgesync.errors import EdgesyncError
+from edgesync.protocol import Ack, ErrorInfo, NodeState, Plan, format_time, utcnow
+
+log = logging.getLogger("edgesync.agent")
+
+STATUS_FILE = "agent-status.json"
+# Rotate once less than this share of the token's lifetime remains (at most 30 days).
+ROTATE_AT_REMAINING = 1 / 3
+ROTATE_AT_MOST_SECONDS = 30 * 24 * 3600
+
+
+@dataclass
+class Outcome:
+    """What one ``sync_once`` did. ``kind``: unchanged, converged, applied, failed,
+    rejected, unreachable."""
+
+    kind: str
+    error: EdgesyncError | None = None
+    state: NodeState | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind in ("unchanged", "converged", "applied")
+
+
+@dataclass
+class _PlanTries:
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        runtime: Runtime,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.runtime = runtime
+        self.clock = clock or RealClock()
+        self.data_dir = config.data_dir
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.credentials: Credentials | None = None
+        self.api: ControlPlane | None = None
+        self.database: EdgeDatabase | None = None
+        self.reconciler: Reconciler | None = None
+        self._etag: str | None = None
+        self._tries = _PlanTries()
+        self._transient_failures = 0
+        self._last: Outcome | None = None
+        self._last_sync_at: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Enroll (first start) or load credentials; open the database; serve the current state."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        self.credentials = Credentials.load(self.data_dir)
+        self.api = ControlPlane(
+            self.credentials.server if self.credentials else self.config.server,
+            token=self.credentials.token if self.credentials else None,
+            ca_file=self.config.ca_file,
+        )
+        if self.credentials is None:
+            self.credentials = await self._enroll()
+        self.api.server = self.config.server.rstrip("/")
+        self.database = await asyncio.to_thread(EdgeDatabase, self.data_dir / "edge.db")
+        self.reconciler = Reconciler(
+            self.data_dir,
+            self.database,
+            ArtifactCache(self.data_dir),
+            self.runtime,
+            self.api.download,
+        )
+        await self.reconciler.start()
+
+    async def _enroll(self) -> Credentials:
+        assert self.api is not None
+        if not self.config.enrollment_token:
+            raise EdgesyncError(
+                f"{self.data_dir} holds no credentials: pass --enrollment-token to register",
+                code="NOT_ENROLLED",
+            )
+        name = self.config.name or os.uname().nodename
+        answer = await self.api.register(
+            self.config.enrollment_token, name, self.config.region, self.config.labels
+        )
+        credentials = Credentials(
+            server=self.config.server.rstrip("/"),
+            node_id=answer["node_id"],
+            token=answer["token"],
+            token_expires_at=answer["token_expires_at"],
+            name=name,
+            poll_interval_seconds=int(answer.get("poll_interval_seconds") or 30),
+            mqtt=answer.get("mqtt"),
+        )
+        credentials.save(self.data_dir)
+        self.api.token = credentials.token
+        log.info("registered as node %s", credentials.node_id)
+        return credentials
+
+    async def close(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+        if self.database is not None:
+            await asyncio.to_thread(self.database.close)
+        self.runtime.close()
+
+    def stop(self) -> None:
+        """Finish the sync in flight, then leave ``run``."""
+        self.stopping = True
+        self.wake.set()
+
+    @property
+    def node_id(self) -> str:
+        assert self.credentials is not None
+        return self.credentials.node_id
+
+    @property
+    def poll_interval(self) -> float:
+        if self.config.poll_interval_seconds is not None:
+            return self.config.poll_interval_seconds
+        return float(self.credentials.poll_interval_seconds if self.credentials else 30)
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self.stopping:
+            outcome = await self.sync_once()
+            delay = self.next_delay(outcome)
+            if self.stopping:
+                break
+            self.wake.clear()
+            await self.clock.sleep(delay, self.wake)
+
+    def next_delay(self, outcome: Outcome) -> float:
+        if outcome.kind == "unreachable":
+            return retry_delay(self._transient_failures)
+        if outcome.kind == "failed" and outcome.error is not None:
+            if outcome.error.retryable:
+                return retry_delay(self._transient_failures)
+            return retry_delay(max(self._tries.counts.values(), default=1))
+        return jittered(self.poll_interval)
+
+    async def sync_once(self) -> Outcome:
+        """Heartbeat, maybe rotate the token, fetch the plan, apply it, ack."""
+        assert self.api is not None and self.reconciler is not None
+        try:
+            local = await self.reconciler.local_state()
+            await self._maybe_rotate()
+            await self.api.heartbeat(self.node_id, local)
+            plan = await self.api.plan(self.node_id, self._etag)
+        except Exception as exc:
+            self._transient_failures += 1
+            return self._record(Outcome("unreachable", classify(exc)))
+        self._transient_failures = 0
+        if plan is None:
+            return self._record(Outcome("unchanged", state=local))
+        self._etag = plan.etag
+        if plan.is_empty or plan.sync_id is None:
+            return self._record(Outcome("converged", state=local))
+        return self._record(await self._release(plan))
+
+    async def _release(self, plan: Plan) -> Outcome:
+        assert self.api is not None and self.reconciler is not None and plan.sync_id
+        key = plan.target.digest()
+        if key in self._tries.rejected:
+            return Outcome("rejected", state=await self.reconciler.local_state())
+        try:
+            state = await self.reconciler.apply(plan)
+        except Exception as exc:
+            error = classify(exc)
+            state = await self.reconciler.local_state()
+            log.warning("release %s failed: %s", plan.sync_id, error)
+            if error.retryable:
+                self._transient_failures += 1
+                await self._ack(plan.sync_id, "failed", state, error_info(error))
+                return Outcome("failed", error, state)
+            tries = self._tries.counts.get(key, 0) + 1
+            self._tries.counts[key] = tries
+            if tries < self.config.max_tries:
+                await self._ack(plan.sync_id, "failed", state, error_info(error))
+                return Outcome("failed", error, state)
+            return await self._reject(plan, key, tries, error, state)
+        self._tries.counts.pop(key, None)
+        self._transient_failures = 0
+        await self._ack(plan.sync_id, "success", state, None)
+        self.reconciler.collect(state)
+        self._last_sync_at = format_time(utcnow())
+        log.info(
+            "release %s applied: schema %s, %d functions",
+            plan.sync_id,
+            state.schema_version,
+            len(state.functions),
+        )
+        return Outcome("applied", state=state)
+
+    async def _reject(
+        self, plan: Plan, key: str, tries: int, error: EdgesyncError, state: NodeState
+    ) -> Outcome:
+        assert plan.sync_id is not None
+        details = {"tries": tries, "last_error": error_info(error).to_dict()}
+        self._tries.rejected[key] = {"target": plan.target.to_dict(), **details}
+        self._tries.counts.pop(key, None)
+        rejection = ErrorInfo(
+            PLAN_REJECTED,
+            f"plan rejected after {tries} tries: {error.message}"[:2000],
+            details,
+            False,
+        )
+        await self._ack(plan.sync_id, "failed", state, rejection)
+        log.error("plan for target %s rejected after %d tries", key, tries)
+        return Outcome("rejected", error, state)
+
+    async def _ack(
+        self, sync_id: str, status: str, state: NodeState, error: ErrorInfo | None
+    ) -> None:
+        """Best effort: a lost ack is repaired by the next poll (target == local state)."""
+        assert self.api is not None
+        try:
+            await self.api.ack(self.node_id, Ack(sync_id, status, state, error))  # type: ignore[arg-type]
+        except Exception as exc:
+            log.warning("ack of %s not delivered: %s", sync_id, classify(exc))
+
+    async def _maybe_rotate(self) -> None:
+        assert self.api is not None and self.credentials is not None
+        issued, expires = _token_lifetime(self.credentials.token)
+        if expires is None:
+            return
+        lifetime = expires - (issued if issued is not None else expires - 90 * 86400)
+        remaining = expires - self.clock.time()
+        if remaining > min(ROTATE_AT_MOST_SECONDS, lifetime * ROTATE_AT_REMAINING):
+            return
+        answer = await self.api.rotate_token(self.node_id)
+        self.credentials.token = answer["token"]
+        self.credentials.token_expires_at = answer["token_expires_at"]
+        self.credentials.save(self.data_dir)
+        self.api.token = self.credentials.token
+        log.info("node token rotated; new one expires %s", self.credentials.token_expires_at)
+
+    # -- status ---------------------------------------------------------------------
+
+    def _record(self, outcome: Outcome) -> Outcome:
+        self._last = outcome
+        try:
+            self._write_status(outcome)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", STATUS_FILE, exc)
+        return outcome
+
+    def _write_status(self, outcome: Outcome) -> None:
+        status = {
+            "node_id": self.node_id,
+            "server": self.api.server if self.api else None,
+            "runtime": self.runtime.name,
+            "updated_at": format_time(utcnow()),
+            "last_outcome": outcome.kind,
+            "last_error": error_info(outcome.error).to_dict() if outcome.error else None,
+            "last_sync_at": self._last_sync_at,
+            "plan_etag": self._etag,
+            "pending_tries": dict(self._tries.counts),
+            "rejected_plans": list(self._tries.rejected.values()),
+            "pid": os.getpid(),
+        }
+        partial = self.data_dir / f".{STATUS_FILE}.tmp"
+        partial.write_text(json.dumps(status, indent=2))
+        os.replace(partial, self.data_dir / STATUS_FILE)
+
+
+def _token_lifetime(token: str) -> tuple[float | None, float | None]:
+    """``(iat, exp)`` from a JWT's payload, read without verification (it is our own)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        iat, exp = claims.get("iat"), claims.get("exp")
+        return (float(iat) if iat else None), (float(exp) if exp else None)
+    except (IndexError, ValueError):
+        return None, None

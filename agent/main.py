@@ -1,0 +1,61 @@
+"""Running the agent: ``run(config)`` wires runtime, gateway and loop, and handles signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from agent.config import AgentConfig
+from agent.gateway import make_gateway
+from agent.loop import Agent
+from agent.runtime.base import Limits
+
+log = logging.getLogger("edgesync.agent")
+
+
+def limits_of(config: AgentConfig) -> Limits:
+    return Limits(config.function_timeout_seconds, config.function_memory_mb * 1024 * 1024)
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT (or one sync with ``--once``); return the exit code."""
+    from agent.runtime import open_runtime
+
+    runtime = await asyncio.to_thread(open_runtime, config.runtime, config.data_dir)
+    agent = Agent(config, runtime)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, agent.stop)
+    runner: web.AppRunner | None = None
+    try:
+        await agent.open()
+        log.info("node %s on runtime %s", agent.node_id, runtime.name)
+        if config.once:
+            outcome = await agent.sync_once()
+            if not outcome.ok:
+                detail = outcome.error.message if outcome.error else outcome.kind
+                log.error("sync failed: %s", detail)
+                print(f"error: {detail}")
+                return 1
+            return 0
+        address = config.gateway_address
+        if address is not None:
+            runner = web.AppRunner(make_gateway(runtime, limits_of(config)), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, address[0], address[1]).start()
+            log.info("gateway on http://%s:%s", *address)
+        await agent.run()
+        return 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await agent.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run(config: AgentConfig) -> int:
+    return asyncio.run(serve(config))

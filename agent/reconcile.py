@@ -1,0 +1,144 @@
+"""One release, one unit: the agent's ``sync_once`` step.
+
+Order, chosen so that a ``kill -9`` at any instant leaves the node on its old
+state or its new one (DESIGN.md):
+
+1. download every new module (content-addressed, verified, atomic);
+2. compile them in the runtime (no effect on what is served);
+3. ONE libsql transaction: the migrations in order and the new function table;
+4. after commit: switch the runtime's table, ack, collect unreferenced files.
+
+The plan's target is authoritative, the actions are the means: work is derived
+from (local state, target), so a plan computed before a crash-after-commit, or
+one that repeats work already done, is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.artifacts import ArtifactCache, Downloader
+from agent.edgedb import EdgeDatabase
+from agent.failures import PlanInconsistent
+from agent.runtime.base import Runtime
+from edgesync.protocol import ApplySchema, DeployFunction, NodeState, Plan
+
+log = logging.getLogger("edgesync.agent")
+
+# Test hook: pause at a named point so a test can SIGKILL the agent exactly there.
+PAUSE_ENV = "EDGESYNC_TEST_PAUSE_AT"
+
+
+def checkpoint(data_dir: Path) -> Callable[[str], None]:
+    """A callback that pauses forever at ``$EDGESYNC_TEST_PAUSE_AT`` (tests only)."""
+    wanted = set(filter(None, os.environ.get(PAUSE_ENV, "").split(",")))
+    if not wanted:
+        return lambda point: None
+
+    def reached(point: str) -> None:
+        if point in wanted:
+            (data_dir / f".paused-{point}").write_text(str(os.getpid()))
+            while True:  # blocks the thread it runs in, on purpose: the test kills us here
+                time.sleep(3600)
+
+    return reached
+
+
+class Reconciler:
+    def __init__(
+        self,
+        data_dir: Path,
+        database: EdgeDatabase,
+        cache: ArtifactCache,
+        runtime: Runtime,
+        download: Downloader,
+    ) -> None:
+        self.data_dir = data_dir
+        self.database = database
+        self.cache = cache
+        self.runtime = runtime
+        self._download = download
+        self._checkpoint = checkpoint(data_dir)
+
+    async def local_state(self) -> NodeState:
+        return await asyncio.to_thread(self.database.state)
+
+    async def start(self) -> NodeState:
+        """Serve what the database says the node runs (after a restart or a crash)."""
+        state = await self.local_state()
+        for ref in state.functions:
+            path = self.cache.path(ref.sha256)
+            if path.exists():
+                await asyncio.to_thread(self.runtime.prepare, ref.sha256, path)
+            else:
+                log.error("module %s of %s is missing from the cache", ref.sha256, ref.name)
+        self.runtime.activate(
+            {ref.name: ref for ref in state.functions if self.cache.has(ref.sha256)}
+        )
+        self.collect(state)
+        return state
+
+    async def apply(self, plan: Plan) -> NodeState:
+        """Bring the node to ``plan.target``; on failure nothing changed. Returns the new state."""
+        local = await self.local_state()
+        if local == plan.target:
+            return local
+        migrations = self._migrations(plan, local)
+        await self._fetch_modules(plan, local)
+        await self._in_thread_checkpoint("downloaded")
+        state = await asyncio.to_thread(
+            self.database.apply_release,
+            migrations,
+            plan.target.functions,
+            plan.sync_id,
+            self._checkpoint,
+        )
+        await self._in_thread_checkpoint("committed")
+        self.runtime.activate({ref.name: ref for ref in state.functions})
+        await self._in_thread_checkpoint("activated")
+        return state
+
+    def collect(self, state: NodeState) -> None:
+        keep = {ref.sha256 for ref in state.functions}
+        for sha256 in self.cache.collect(keep):
+            self.runtime.forget(sha256)
+
+    async def _in_thread_checkpoint(self, point: str) -> None:
+        await asyncio.to_thread(self._checkpoint, point)
+
+    @staticmethod
+    def _migrations(plan: Plan, local: NodeState) -> list[ApplySchema]:
+        wanted = plan.target.schema_version
+        if wanted < local.schema_version:
+            raise PlanInconsistent(
+                f"target schema {wanted} is behind the node's {local.schema_version}",
+                details={"target": wanted, "local": local.schema_version},
+            )
+        available = {a.version: a for a in plan.actions if isinstance(a, ApplySchema)}
+        missing = [v for v in range(local.schema_version + 1, wanted + 1) if v not in available]
+        if missing:
+            raise PlanInconsistent(
+                "plan lacks migrations the node needs", details={"missing": missing}
+            )
+        return [available[v] for v in range(local.schema_version + 1, wanted + 1)]
+
+    async def _fetch_modules(self, plan: Plan, local: NodeState) -> None:
+        deploys = {(a.name, a.sha256): a for a in plan.actions if isinstance(a, DeployFunction)}
+        for ref in plan.target.functions:
+            if self.cache.has(ref.sha256) and ref in local.functions:
+                continue
+            path = self.cache.path(ref.sha256)
+            if not path.exists():
+                action = deploys.get((ref.name, ref.sha256))
+                if action is None:
+                    raise PlanInconsistent(
+                        f"plan targets {ref.name} {ref.version} without a download",
+                        details={"name": ref.name, "version": ref.version},
+                    )
+                path = await self.cache.fetch(ref.sha256, action.download_url, self._download)
+            await asyncio.to_thread(self.runtime.prepare, ref.sha256, path)

@@ -1,0 +1,158 @@
+"""The WASM runtime interface the agent and the gateway rely on.
+
+A runtime runs WASI preview 1 *command* modules: ``_start`` with the request
+body on stdin, its stdout as the answer. Two implementations pass one shared
+test suite (tests/agent/test_runtimes.py): wasmtime in process, WasmEdge
+through its CLI.
+
+Lifecycle, matching the agent's atomic release:
+
+1. ``prepare(sha256, path)`` before the release's database transaction:
+   compile / AOT-compile the module (idempotent, cached by content hash). Any
+   failure here aborts the release while nothing has changed.
+2. ``activate(table)`` after commit: switch the whole function table at once
+   (name -> FunctionRef). Cannot fail for prepared modules.
+3. ``forget(sha256)`` when no state refers to a module any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edgesync.errors import EdgesyncError
+from edgesync.protocol import FunctionRef
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-invocation sandbox limits."""
+
+    timeout_seconds: float = 10.0
+    memory_bytes: int = 128 * 1024 * 1024
+    #: More on stdout fails the invocation (FUNCTION_OUTPUT_LIMIT): output is buffered.
+    max_output_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Invocation:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int = 0
+
+
+class FunctionFailed(EdgesyncError):
+    """A function trapped, exited non-zero, timed out or hit its memory limit.
+
+    ``code`` is one of FUNCTION_TRAP, FUNCTION_EXIT, FUNCTION_TIMEOUT,
+    FUNCTION_MEMORY_LIMIT, FUNCTION_OUTPUT_LIMIT (stdout over
+    ``Limits.max_output_bytes``); the gateway answers 502 with this envelope.
+    ``details`` holds ``function``, ``runtime``, ``stderr`` (its tail) and, per
+    code, ``exit_code`` or ``reason``.
+    """
+
+    status = 502
+    code = "FUNCTION_TRAP"
+
+
+#: How much of a failed function's stderr an error's details carry (its end).
+STDERR_TAIL_BYTES = 2048
+
+
+def function_failed(
+    code: str, message: str, *, function: str, runtime: str, stderr: bytes, **details: object
+) -> FunctionFailed:
+    """A :class:`FunctionFailed` with the details both runtimes report alike."""
+    tail = stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "replace")
+    body: dict[str, object] = {"function": function, "runtime": runtime, "stderr": tail}
+    body.update(details)
+    return FunctionFailed(message, code=code, details=body)
+
+
+class FunctionNotDeployed(EdgesyncError):
+    status = 404
+    code = "FUNCTION_NOT_FOUND"
+
+
+class ModuleRejected(EdgesyncError):
+    """The runtime cannot load a module (compile or AOT failure): permanent."""
+
+    status = 422
+    code = "INVALID_MODULE"
+
+
+class RuntimeUnavailable(EdgesyncError):
+    """The requested runtime is not installed or cannot start a function."""
+
+    status = 503
+    code = "RUNTIME_UNAVAILABLE"
+    retryable = True
+
+
+class Runtime(Protocol):
+    name: str
+
+    def prepare(self, sha256: str, module_path: Path) -> None:
+        """Compile ``module_path`` (content hash ``sha256``); raise :class:`ModuleRejected`."""
+        ...
+
+    def activate(self, table: Mapping[str, FunctionRef]) -> None:
+        """Make ``table`` the set of invocable functions, atomically."""
+        ...
+
+    def functions(self) -> dict[str, FunctionRef]:
+        """The active function table."""
+        ...
+
+    async def invoke(
+        self, name: str, stdin: bytes, env: Mapping[str, str], limits: Limits
+    ) -> Invocation:
+        """Run function ``name``; raise :class:`FunctionFailed` / :class:`FunctionNotDeployed`."""
+        ...
+
+    def forget(self, sha256: str) -> None:
+        """Drop compiled artifacts of a module no state refers to."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def env_pairs(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``env`` as WASI environment pairs; refuse what no runtime can pass on.
+
+    A name must be non-empty and contain neither ``=`` nor NUL, and must not start
+    with ``-`` (the WasmEdge CLI takes it as an option); a value must not contain NUL.
+    """
+    pairs = []
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or key.startswith("-") or "\0" in value:
+            raise ValueError(f"invalid environment variable for a function: {key!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def compiled_dir(data_dir: Path) -> Path:
+    """Where runtimes keep compiled modules (``<runtime>-<sha256>.<ext>``)."""
+    return data_dir / "compiled"
+
+
+def sweep_compile_leftovers(directory: Path, older_than_seconds: float = 3600.0) -> None:
+    """Remove temp files (``.name.*``) an interrupted compile left in ``directory``."""
+    cutoff = time.time() - older_than_seconds
+    for leftover in directory.glob(".*"):
+        with contextlib.suppress(OSError):
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+
+
+def modules_dir(data_dir: Path) -> Path:
+    """Where the agent keeps verified modules, by content hash."""
+    return data_dir / "artifacts" / "sha256"
+
+
+def module_path(data_dir: Path, sha256: str) -> Path:
+    return modules_dir(data_dir) / f"{sha256}.wasm"
