@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +11,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from appliance.api.common import PRINCIPAL, json_response, principal, query_int
-from appliance.artifacts import ArtifactExists, ArtifactMissing
+from appliance.artifacts import ArtifactMissing
 from appliance.auth import Principal
 from appliance.metrics import Metrics
 from appliance.services import Services, services
@@ -30,10 +29,6 @@ from edgesync.protocol import (
 )
 
 routes = web.RouteTableDef()
-
-# How long a concurrent upload may take between storing its object and
-# recording its row; an object older than that with no row is an orphan.
-ORPHAN_GRACE_SECONDS = 2.0
 
 
 @routes.post("/api/v1/functions")
@@ -65,48 +60,26 @@ async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:
         )
     assert staged.path is not None
     await validate_file(staged.path, staged.size)
-    key = artifact_key(name, version)
-    await _store_object(svc, key, staged, name, version)
+    now = utcnow()
     record = FunctionRecord(
         id=str(uuid.uuid4()),
         name=name,
         version=version,
         sha256=staged.sha256,
         size_bytes=staged.size,
-        storage_key=key,
-        created_at=format_time(utcnow()),
+        storage_key=artifact_key(name, version),
+        created_at=format_time(now),
     )
+    # Claim the version first: only the claimant writes the object, so two
+    # concurrent uploads of one version never mix their bytes (one 201, one 409).
+    await svc.store.reserve_function(record, now)
     try:
-        await svc.store.insert_function(record)
-    except FunctionExists:
-        # We stored the object, so no concurrent upload did: it is ours to remove.
-        await svc.artifacts.delete(key)
-        raise
+        await svc.artifacts.put(record.storage_key, staged.path)
+        await svc.store.publish_function(record.id)
     except BaseException:
-        await svc.artifacts.delete(key)
+        await svc.store.release_function(record.id)
         raise
     return record
-
-
-async def _store_object(
-    svc: Services, key: str, staged: StagedUpload, name: str, version: str
-) -> None:
-    assert staged.path is not None
-    try:
-        await svc.artifacts.put_new(key, staged.path)
-        return
-    except ArtifactExists:
-        pass
-    # Either a concurrent upload of the same version holds the key (it will
-    # record its row within moments), or a crashed upload left an orphan.
-    await asyncio.sleep(ORPHAN_GRACE_SECONDS)
-    if await svc.store.function_exists(name, version):
-        raise _exists(name, version)
-    await svc.artifacts.delete(key)
-    try:
-        await svc.artifacts.put_new(key, staged.path)
-    except ArtifactExists as exc:
-        raise _exists(name, version) from exc
 
 
 def _exists(name: str, version: str) -> FunctionExists:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.artifacts.base import ArtifactExists, ArtifactMissing, ArtifactStore
+from appliance.artifacts.base import ArtifactMissing, ArtifactStore
 
-__all__ = ["ArtifactExists", "ArtifactMissing", "ArtifactStore", "open_artifact_store"]
+__all__ = ["ArtifactMissing", "ArtifactStore", "open_artifact_store"]
 
 
 async def open_artifact_store(url: str) -> ArtifactStore:

@@ -7,20 +7,17 @@ from pathlib import Path
 from typing import Protocol
 
 
-class ArtifactExists(Exception):
-    """An object already lives under the key; artifacts are never overwritten."""
-
-
 class ArtifactMissing(Exception):
     """No object under the key."""
 
 
 class ArtifactStore(Protocol):
-    async def put_new(self, key: str, source: Path) -> None:
-        """Store the file ``source`` under ``key``, refusing to replace an object.
+    async def put(self, key: str, source: Path) -> None:
+        """Store the file ``source`` under ``key``, streamed, replacing any object.
 
-        Raises :class:`ArtifactExists` when the key is taken, so that two
-        concurrent uploads of one (name, version) can never mix their bytes.
+        Only the upload that reserved ``(name, version)`` in the metadata store
+        writes its key, so replacing is safe: it only ever replaces the
+        leftovers of a crashed upload.
         """
         ...
 

@@ -1,18 +1,20 @@
 """The embedded artifact store: a folder mirroring the S3 bucket layout.
 
-``<root>/wasm-functions/{name}/{version}/function.wasm``. Objects appear by a
-hard link from a fully written, fsynced staging file, which both publishes
-atomically and refuses to clobber an existing object.
+``<root>/wasm-functions/{name}/{version}/function.wasm``. An object appears by
+an atomic rename of a fully written, fsynced file (hard-linked from the staging
+file when both share a filesystem, copied otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from appliance.artifacts.base import ArtifactExists, ArtifactMissing
+from appliance.artifacts.base import ArtifactMissing
 from edgesync.protocol import ARTIFACT_BUCKET
 
 
@@ -28,16 +30,23 @@ class FolderArtifactStore:
             raise ArtifactMissing(key)  # keys are validated upstream; never escape the bucket
         return path
 
-    async def put_new(self, key: str, source: Path) -> None:
-        await asyncio.to_thread(self._link_new, self._path(key), source)
+    async def put(self, key: str, source: Path) -> None:
+        await asyncio.to_thread(self._put, self._path(key), source)
 
     @staticmethod
-    def _link_new(target: Path, source: Path) -> None:
+    def _put(target: Path, source: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            os.link(source, target)
-        except FileExistsError as exc:
-            raise ArtifactExists(str(target.name)) from exc
+            try:
+                os.link(source, partial)
+            except OSError:  # another filesystem: copy, then make it durable
+                shutil.copyfile(source, partial)
+                with partial.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
         directory = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(directory)

@@ -129,4 +129,11 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         INSERT INTO fleet_state (id, generation) VALUES (1, 1);
         """,
     ),
+    ControlPlaneMigration(
+        3,
+        "uploads reserve their (name, version) before the object is stored",
+        """
+        ALTER TABLE functions ADD COLUMN status TEXT NOT NULL DEFAULT 'ready';
+        """,
+    ),
 )

@@ -47,6 +47,8 @@ from edgesync.protocol import PLAN_REJECTED, Ack, FunctionRef, format_time
 T = TypeVar("T")
 
 WRITE_ATTEMPTS = 8
+# An upload's claim on (name, version) older than this belongs to a crashed upload.
+STALE_UPLOAD = timedelta(minutes=15)
 
 
 def encode_cursor(*parts: str) -> str:
@@ -364,12 +366,24 @@ class Store:
 
     # -- functions ------------------------------------------------------------------
 
-    async def insert_function(self, record: FunctionRecord) -> None:
-        async def insert(tx: Connection) -> None:
+    async def reserve_function(self, record: FunctionRecord, now: datetime) -> None:
+        """Claim ``(name, version)`` for an upload in progress (invisible to plans).
+
+        Only the claimant stores the object, so two concurrent uploads of one
+        version can never mix their bytes. A claim left by a crashed upload is
+        taken over once it is older than ``STALE_UPLOAD``.
+        """
+
+        async def reserve(tx: Connection) -> None:
+            await tx.execute(
+                "DELETE FROM functions WHERE name = ? AND version = ?"
+                " AND status = 'uploading' AND created_at < ?",
+                (record.name, record.version, format_time(now - STALE_UPLOAD)),
+            )
             await tx.execute(
                 "INSERT INTO functions"
-                " (id, name, version, sha256, size_bytes, storage_key, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " (id, name, version, sha256, size_bytes, storage_key, created_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'uploading')",
                 (
                     record.id,
                     record.name,
@@ -380,15 +394,38 @@ class Store:
                     record.created_at,
                 ),
             )
-            await self._bump_generation(tx)
 
         try:
-            await self._write(insert)
+            await self._write(reserve)
         except IntegrityViolation as exc:
             raise FunctionExists(
                 f"function {record.name} {record.version} already exists; versions are immutable",
                 details={"name": record.name, "version": record.version},
             ) from exc
+
+    async def publish_function(self, function_id: str) -> None:
+        """The object is stored: make the version part of the target."""
+
+        async def publish(tx: Connection) -> None:
+            changed = await tx.execute(
+                "UPDATE functions SET status = 'ready' WHERE id = ? AND status = 'uploading'",
+                (function_id,),
+            )
+            if changed != 1:
+                raise NotFound("upload reservation is gone", details={"function_id": function_id})
+            await self._bump_generation(tx)
+
+        await self._write(publish)
+
+    async def release_function(self, function_id: str) -> None:
+        """Give up an upload's claim (it failed before publishing)."""
+
+        async def release(tx: Connection) -> None:
+            await tx.execute(
+                "DELETE FROM functions WHERE id = ? AND status = 'uploading'", (function_id,)
+            )
+
+        await self._write(release)
 
     async def function_exists(self, name: str, version: str) -> bool:
         row = await self.db.fetchone(
@@ -399,7 +436,9 @@ class Store:
     async def get_function(
         self, function_id: str, *, include_deleted: bool = False
     ) -> FunctionRecord:
-        row = await self.db.fetchone("SELECT * FROM functions WHERE id = ?", (function_id,))
+        row = await self.db.fetchone(
+            "SELECT * FROM functions WHERE id = ? AND status = 'ready'", (function_id,)
+        )
         if row is None or (row["deleted_at"] is not None and not include_deleted):
             raise NotFound("function not found", details={"function_id": function_id})
         return FunctionRecord.from_row(row)
@@ -407,7 +446,7 @@ class Store:
     async def list_functions(
         self, *, name: str | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[FunctionRecord], str | None]:
-        clauses = ["deleted_at IS NULL"]
+        clauses = ["deleted_at IS NULL", "status = 'ready'"]
         params: list[Any] = []
         if name is not None:
             clauses.append("name = ?")
@@ -432,7 +471,8 @@ class Store:
 
         async def delete(tx: Connection) -> FunctionRecord:
             row = await tx.fetchone(
-                "SELECT * FROM functions WHERE id = ? AND deleted_at IS NULL", (function_id,)
+                "SELECT * FROM functions WHERE id = ? AND deleted_at IS NULL AND status = 'ready'",
+                (function_id,),
             )
             if row is None:
                 raise NotFound("function not found", details={"function_id": function_id})
@@ -491,19 +531,13 @@ class Store:
         generation = await self.generation()
         migrations = await self.list_migrations()
         rows = await self.db.fetchall(
-            "SELECT * FROM functions WHERE deleted_at IS NULL"
+            "SELECT * FROM functions WHERE deleted_at IS NULL AND status = 'ready'"
             " ORDER BY name, created_at DESC, id DESC"
         )
         newest: dict[str, FunctionRecord] = {}
         for row in rows:
             newest.setdefault(row["name"], FunctionRecord.from_row(row))
         return Target(generation, migrations, list(newest.values()))
-
-    async def function_by_ref(self, name: str, version: str) -> FunctionRecord | None:
-        row = await self.db.fetchone(
-            "SELECT * FROM functions WHERE name = ? AND version = ?", (name, version)
-        )
-        return FunctionRecord.from_row(row) if row else None
 
     async def open_sync(self, record: SyncRecord) -> None:
         """Record a plan handed to a node; any older unacked plan is superseded."""

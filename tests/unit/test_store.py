@@ -274,18 +274,23 @@ async def test_rotate_token_swaps_the_stamp(store: Store) -> None:
     assert await store.node_stamp(str(uuid.uuid4())) is None
 
 
+async def add_function(store: Store, record: FunctionRecord) -> None:
+    """An upload as the API does it: claim the version, then publish it."""
+    await store.reserve_function(record, utcnow())
+    await store.publish_function(record.id)
+
+
 # -- functions ------------------------------------------------------------------------
 
 
 async def test_function_insert_get_and_immutability(store: Store) -> None:
     record = function()
-    await store.insert_function(record)
+    await add_function(store, record)
     assert await store.get_function(record.id) == record
     assert await store.function_exists("hello", "1.0")
     assert not await store.function_exists("hello", "1.1")
-    assert await store.function_by_ref("hello", "1.0") == record
     with pytest.raises(FunctionExists):
-        await store.insert_function(function(sha=SHA_B))
+        await add_function(store, function(sha=SHA_B))
     with pytest.raises(NotFound):
         await store.get_function(str(uuid.uuid4()))
 
@@ -293,7 +298,7 @@ async def test_function_insert_get_and_immutability(store: Store) -> None:
 async def test_concurrent_inserts_of_one_version_have_one_winner(store: Store) -> None:
     records = [function(sha=f"{i}" * 64) for i in range(5)]
     results = await asyncio.gather(
-        *(store.insert_function(r) for r in records), return_exceptions=True
+        *(add_function(store, r) for r in records), return_exceptions=True
     )
     assert sum(r is None for r in results) == 1
     assert sum(isinstance(r, FunctionExists) for r in results) == 4
@@ -303,7 +308,7 @@ async def test_concurrent_inserts_of_one_version_have_one_winner(store: Store) -
 
 async def test_deleted_function_is_hidden_but_its_version_is_never_reused(store: Store) -> None:
     record = function()
-    await store.insert_function(record)
+    await add_function(store, record)
     deleted = await store.delete_function(record.id, utcnow())
     assert deleted.id == record.id
     with pytest.raises(NotFound):
@@ -314,16 +319,16 @@ async def test_deleted_function_is_hidden_but_its_version_is_never_reused(store:
     assert (await store.list_functions())[0] == []
     assert await store.function_exists("hello", "1.0")
     with pytest.raises(FunctionExists):
-        await store.insert_function(function())
+        await add_function(store, function())
 
 
 async def test_list_functions_filters_and_pages(store: Store) -> None:
     start = utcnow()
     for index in range(5):
-        await store.insert_function(
-            function("alpha", f"{index}.0", created=start + timedelta(seconds=index))
+        await add_function(
+            store, function("alpha", f"{index}.0", created=start + timedelta(seconds=index))
         )
-    await store.insert_function(function("beta", "1.0", created=start))
+    await add_function(store, function("beta", "1.0", created=start))
     alphas, cursor = await store.list_functions(name="alpha", limit=2)
     assert [f.version for f in alphas] == ["0.0", "1.0"] and cursor is not None
     more, cursor = await store.list_functions(name="alpha", limit=2, cursor=cursor)
@@ -366,7 +371,7 @@ async def test_target_is_every_migration_and_newest_live_version(store: Store) -
     v09 = function("hello", "0.9", SHA_B, start + timedelta(seconds=1))
     other = function("other", "3", SHA_A, start)
     for record in (v1, v09, other):
-        await store.insert_function(record)
+        await add_function(store, record)
     target = await store.target()
     assert target.schema_version == 2
     assert {(f.name, f.version) for f in target.functions} == {("hello", "0.9"), ("other", "3")}
@@ -386,7 +391,7 @@ async def test_generation_moves_with_every_target_change(store: Store) -> None:
         return seen[-1] > seen[-2]
 
     record = function()
-    await store.insert_function(record)
+    await add_function(store, record)
     assert await moved()
     await store.add_migration(migration(1))
     assert await moved()
@@ -405,7 +410,7 @@ async def test_node_stamp_follows_generation_and_state(store: Store) -> None:
     node = await add_node(store, token_id)
     first = await store.node_stamp(node.id)
     assert first is not None and first.state_seq == 0
-    await store.insert_function(function())
+    await add_function(store, function())
     second = await store.node_stamp(node.id)
     assert second is not None and second.generation > first.generation
     sync = await open_plan(store, node.id)
@@ -502,3 +507,36 @@ async def test_history_limit(store: Store) -> None:
     ids = [(await open_plan(store, node.id)).id for _ in range(4)]
     history = await store.sync_history(node.id, 2)
     assert [r.id for r in history] == ids[::-1][:2]
+
+
+async def test_upload_claims_are_invisible_until_published(store: Store) -> None:
+    record = function()
+    await store.reserve_function(record, utcnow())
+    with pytest.raises(NotFound):
+        await store.get_function(record.id)
+    assert (await store.target()).functions == []
+    generation = await store.generation()
+    await store.publish_function(record.id)
+    assert await store.generation() == generation + 1
+    assert [f.id for f in (await store.target()).functions] == [record.id]
+
+
+async def test_a_live_claim_refuses_a_second_upload_and_a_stale_one_is_taken_over(
+    store: Store,
+) -> None:
+    crashed = function(created=utcnow() - timedelta(hours=1))
+    await store.reserve_function(crashed, utcnow() - timedelta(hours=1))
+    with pytest.raises(FunctionExists):  # a fresh claim of the same version is live
+        await store.reserve_function(function(), utcnow() - timedelta(hours=1))
+    retry = function()
+    await store.reserve_function(retry, utcnow())  # an hour later: the claim is stale
+    await store.publish_function(retry.id)
+    assert (await store.get_function(retry.id)).sha256 == retry.sha256
+
+
+async def test_a_released_claim_frees_the_version(store: Store) -> None:
+    first = function()
+    await store.reserve_function(first, utcnow())
+    await store.release_function(first.id)
+    assert not await store.function_exists("hello", "1.0")
+    await add_function(store, function())
