@@ -91,7 +91,12 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
                 bcrypt_rounds=config.bcrypt_rounds,
             )
             sync = SyncService(
-                store, signer, metrics, cache_ttl_seconds=config.plan_cache_ttl_seconds
+                store,
+                signer,
+                metrics,
+                cache_ttl_seconds=config.plan_cache_ttl_seconds,
+                delivery=config.artifact_delivery,
+                presign=artifacts.presigned_url,
             )
             app[SERVICES] = Services(config, store, artifacts, authority, signer, sync, metrics)
             yield

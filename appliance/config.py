@@ -24,6 +24,15 @@ class ServeConfig:
     plan_cache_ttl_seconds: int = 300
     bcrypt_rounds: int = 12
     access_log: bool = True
+    # Plans point nodes at the artifact store itself ("direct": S3 presigned
+    # URLs) or at this control plane ("proxy"), for sites whose nodes cannot
+    # reach the store. The folder store always proxies.
+    artifact_delivery: str = "direct"
+    # MinIO/S3 by the seed's variables, when no --artifact-url is given.
+    minio_endpoint: str | None = None
+    minio_access_key: str | None = None
+    minio_secret_key: str | None = None
+    minio_secure: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -47,5 +56,7 @@ class ServeConfig:
             raise ValueError("--url-ttl must be at least 10 seconds")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
+        if self.artifact_delivery not in ("direct", "proxy"):
+            raise ValueError("--artifact-delivery must be direct or proxy")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("EDGESYNC_ADMIN_TOKEN must be at least 16 characters")

@@ -27,6 +27,7 @@ class FunctionSpec:
     version: str
     sha256: str
     size_bytes: int
+    storage_key: str = ""
 
     def ref(self) -> FunctionRef:
         return FunctionRef(self.name, self.version, self.sha256)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,8 @@ class SyncService:
         metrics: Metrics,
         *,
         cache_ttl_seconds: float = 300,
+        delivery: str = "proxy",
+        presign: Callable[[str, int], str | None] | None = None,
     ) -> None:
         self._store = store
         self._signer = signer
@@ -75,6 +78,8 @@ class SyncService:
         self._plans: dict[str, _CachedPlan] = {}
         self._target: tuple[int, TargetSpec] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._delivery = delivery
+        self._presign = presign
 
     async def plan(
         self, stamp: NodeStamp, if_none_match: str | None, base_url: str
@@ -130,7 +135,7 @@ class SyncService:
         spec = TargetSpec(
             tuple(MigrationSpec(m.version, m.description, m.up_sql) for m in target.migrations),
             tuple(
-                FunctionSpec(f.id, f.name, f.version, f.sha256, f.size_bytes)
+                FunctionSpec(f.id, f.name, f.version, f.sha256, f.size_bytes, f.storage_key)
                 for f in target.functions
             ),
         )
@@ -169,7 +174,20 @@ class SyncService:
         return json.dumps(body, separators=(",", ":")).encode()
 
     def deploy_action(self, spec: FunctionSpec, base_url: str) -> dict[str, Any]:
+        """A deploy action whose URL nodes may fetch without a bearer token.
+
+        With ``direct`` delivery and a store that can presign (S3/MinIO), nodes
+        fetch from the store itself; otherwise from this control plane, behind
+        its own HMAC-signed URL (``proxy``, and always for the folder store).
+        """
         expires, signature = self._signer.sign(spec.id)
+        url = None
+        if self._delivery == "direct" and self._presign is not None:
+            url = self._presign(spec.storage_key, self._signer.ttl_seconds)
+        if url is None:
+            url = (
+                f"{base_url}/api/v1/functions/{spec.id}/download?expires={expires}&sig={signature}"
+            )
         return {
             "type": "deploy_function",
             "function_id": spec.id,
@@ -177,9 +195,7 @@ class SyncService:
             "version": spec.version,
             "sha256": spec.sha256,
             "size_bytes": spec.size_bytes,
-            "download_url": (
-                f"{base_url}/api/v1/functions/{spec.id}/download?expires={expires}&sig={signature}"
-            ),
+            "download_url": url,
             "url_expires_at": format_time(datetime.fromtimestamp(expires, tz=utcnow().tzinfo)),
         }
 

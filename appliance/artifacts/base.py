@@ -25,6 +25,11 @@ class ArtifactStore(Protocol):
         """A path the server may ``sendfile`` from, when the store is local."""
         ...
 
+    def presigned_url(self, key: str, ttl_seconds: int) -> str | None:
+        """A URL nodes can fetch the object from directly (S3 presigned GET), or
+        None when the store has none and the control plane serves the bytes."""
+        ...
+
     def read(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
         """Stream the object's bytes; raises :class:`ArtifactMissing`."""
         ...

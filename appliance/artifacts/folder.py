@@ -53,6 +53,9 @@ class FolderArtifactStore:
         finally:
             os.close(directory)
 
+    def presigned_url(self, key: str, ttl_seconds: int) -> str | None:
+        return None  # nodes download through the control plane's signed URLs
+
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
