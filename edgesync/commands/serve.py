@@ -30,6 +30,23 @@ import click
     help="Where modules live; default: a folder in the data dir.",
 )
 @click.option(
+    "--artifact-delivery",
+    type=click.Choice(["direct", "proxy"]),
+    default="direct",
+    show_default=True,
+    envvar="EDGESYNC_ARTIFACT_DELIVERY",
+    help="direct: nodes fetch S3 presigned URLs; proxy: through this server.",
+)
+@click.option("--minio-endpoint", envvar="MINIO_ENDPOINT", help="host:port of MinIO/S3.")
+@click.option("--minio-access-key", envvar="MINIO_ACCESS_KEY")
+@click.option("--minio-secret-key", envvar="MINIO_SECRET_KEY")
+@click.option(
+    "--minio-secure/--minio-insecure",
+    envvar="MINIO_SECURE",
+    default=False,
+    help="https to MinIO (default: http).",
+)
+@click.option(
     "--public-url", envvar="EDGESYNC_PUBLIC_URL", help="Base URL nodes use to reach this server."
 )
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
