@@ -2,7 +2,7 @@
 #
 #   make install   .venv with edgesync (editable) and its test and lint tools
 #   make test      the whole test suite (unit, API, end to end)
-#   make demo      the API end to end on a throwaway server
+#   make demo      a control plane and two edge agents, three releases, on throwaway data
 #   make zipapp    dist/edgesync.pyz (PLATFORM=x86_64|aarch64 for a manylinux build)
 
 SHELL := /bin/bash
@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 # The WasmEdge wrapper build/wasmedge.sh provides (tests use it through EDGESYNC_WASMEDGE).
 WASMEDGE := .wasmedge/bin/wasmedge
 
-.PHONY: help install test wasmedge examples zipapp serve demo lint bench clean distclean
+.PHONY: help install test wasmedge examples zipapp serve demo demo-api lint bench clean distclean
 
 help: ## Show this list.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,7 +53,10 @@ zipapp: install ## Build dist/edgesync.pyz with shiv (PLATFORM=x86_64|aarch64: d
 serve: install ## Run the control plane on embedded SQLite + folder store in ./edgesync-data.
 	$(VENV)/bin/edgesync serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
-demo: install ## Drive the API end to end against a throwaway server, then print a summary.
+demo: install ## Control plane + two agents: three releases, one rolled back on a node; summary.
+	$(VENV_PY) examples/demo.py
+
+demo-api: install ## The API alone over raw HTTP (two nodes played by the script), then a summary.
 	$(VENV_PY) examples/demo_api.py
 
 lint: install ## ruff check, ruff format --check and mypy (config in pyproject.toml).

@@ -52,6 +52,7 @@ class Outcome:
 
 @dataclass
 class _PlanTries:
+    current: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -171,7 +172,7 @@ class Agent:
         if outcome.kind == "failed" and outcome.error is not None:
             if outcome.error.retryable:
                 return retry_delay(self._transient_failures)
-            return retry_delay(max(self._tries.counts.values(), default=1))
+            return retry_delay(self._tries.counts.get(self._tries.current, 1))
         return jittered(self.poll_interval)
 
     async def sync_once(self) -> Outcome:
@@ -209,7 +210,9 @@ class Agent:
                 await self._ack(plan.sync_id, "failed", state, error_info(error))
                 return Outcome("failed", error, state)
             tries = self._tries.counts.get(key, 0) + 1
-            self._tries.counts[key] = tries
+            # Only the target being tried counts: a newer target starts afresh.
+            self._tries.counts = {key: tries}
+            self._tries.current = key
             if tries < self.config.max_tries:
                 await self._ack(plan.sync_id, "failed", state, error_info(error))
                 return Outcome("failed", error, state)
