@@ -22,6 +22,11 @@ class AgentConfig:
     ca_file: str | None = None
     once: bool = False
     max_tries: int = 5
+    # MQTT push: use the broker the registration named (False: poll only).
+    mqtt: bool = True
+    # Connect here instead (mqtt://host:port), e.g. for a node registered before
+    # the control plane enabled MQTT.
+    mqtt_url: str | None = None
 
     @property
     def gateway_address(self) -> tuple[str, int] | None:
@@ -39,6 +44,10 @@ class AgentConfig:
             raise ValueError("--poll-interval must be positive")
         if self.function_timeout_seconds <= 0:
             raise ValueError("--function-timeout must be positive")
+        if self.mqtt_url:
+            from edgesync.mqtt import parse_broker_url
+
+            parse_broker_url(self.mqtt_url, "--mqtt-url")
         if self.gateway:
             _host, sep, port = self.gateway.rpartition(":")
             if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:

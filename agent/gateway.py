@@ -23,6 +23,12 @@ log = logging.getLogger("edgesync.gateway")
 RUNTIME = web.AppKey("runtime", Runtime)
 LIMITS = web.AppKey("limits", Limits)
 MAX_BODY = 16 * 1024 * 1024
+# Headers never passed as HTTP_*: those with variables of their own, credentials
+# (RFC 3875 4.1.18: they never reach a function), and Proxy (as HTTP_PROXY it would
+# pose as a proxy setting: "httpoxy").
+WITHHELD_HEADERS = frozenset(
+    {"CONTENT_TYPE", "CONTENT_LENGTH", "AUTHORIZATION", "PROXY_AUTHORIZATION", "PROXY"}
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,7 +62,8 @@ def cgi_environment(request: web.Request, body_length: int) -> dict[str, str]:
     env = {
         "REQUEST_METHOD": request.method,
         "PATH_INFO": request.path,
-        "QUERY_STRING": request.query_string,
+        # As sent (RFC 3875 4.1.7): a decoded query would turn "%2B" into a "+" (a space).
+        "QUERY_STRING": request.rel_url.raw_query_string,
         "CONTENT_TYPE": request.headers.get("Content-Type", ""),
         "CONTENT_LENGTH": str(body_length),
         "SERVER_PROTOCOL": f"HTTP/{request.version.major}.{request.version.minor}",
@@ -65,8 +72,8 @@ def cgi_environment(request: web.Request, body_length: int) -> dict[str, str]:
     }
     for key, value in request.headers.items():
         name = key.upper().replace("-", "_")
-        if name in ("CONTENT_TYPE", "CONTENT_LENGTH", "AUTHORIZATION"):
-            continue  # credentials never reach a function
+        if name in WITHHELD_HEADERS:
+            continue
         env[f"HTTP_{name}"] = value
     return env
 

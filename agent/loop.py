@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ class Agent:
         self.clock = clock or RealClock()
         self.data_dir = config.data_dir
         self.wake = asyncio.Event()
+        # Called after each token rotation (the MQTT push listener reconnects).
+        self.token_listeners: list[Callable[[], None]] = []
         self.stopping = False
         self.credentials: Credentials | None = None
         self.api: ControlPlane | None = None
@@ -159,11 +162,13 @@ class Agent:
 
     async def run(self) -> None:
         while not self.stopping:
+            # Cleared before the sync, not after it: a push notification arriving
+            # while this sync runs then causes exactly one more, instead of being lost.
+            self.wake.clear()
             outcome = await self.sync_once()
             delay = self.next_delay(outcome)
             if self.stopping:
                 break
-            self.wake.clear()
             await self.clock.sleep(delay, self.wake)
 
     def next_delay(self, outcome: Outcome) -> float:
@@ -172,7 +177,7 @@ class Agent:
         if outcome.kind == "failed" and outcome.error is not None:
             if outcome.error.retryable:
                 return retry_delay(self._transient_failures)
-            return retry_delay(self._tries.counts.get(self._tries.current, 1))
+            return retry_delay(self._tries.counts.get(self._tries.current or "", 1))
         return jittered(self.poll_interval)
 
     async def sync_once(self) -> Outcome:
@@ -272,6 +277,8 @@ class Agent:
         self.credentials.save(self.data_dir)
         self.api.token = self.credentials.token
         log.info("node token rotated; new one expires %s", self.credentials.token_expires_at)
+        for listener in self.token_listeners:  # e.g. MQTT push logs in again
+            listener()
 
     # -- status ---------------------------------------------------------------------
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from aiohttp import web
 
 from agent.config import AgentConfig
 from agent.gateway import make_gateway
 from agent.loop import Agent
+from agent.push import PushListener
 from agent.runtime.base import Limits
 
 log = logging.getLogger("edgesync.agent")
@@ -30,17 +32,22 @@ async def serve(config: AgentConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, agent.stop)
     runner: web.AppRunner | None = None
+    push: PushListener | None = None
     try:
         await agent.open()
         log.info("node %s on runtime %s", agent.node_id, runtime.name)
         if config.once:
             outcome = await agent.sync_once()
             if not outcome.ok:
-                detail = outcome.error.message if outcome.error else outcome.kind
+                error = outcome.error
+                detail = f"{error.message} ({error.code})" if error else outcome.kind
                 log.error("sync failed: %s", detail)
-                print(f"error: {detail}")
+                print(f"error: {detail}", file=sys.stderr)  # like every other CLI error
                 return 1
             return 0
+        push = push_listener(config, agent)
+        if push is not None:
+            push.start()
         address = config.gateway_address
         if address is not None:
             runner = web.AppRunner(make_gateway(runtime, limits_of(config)), access_log=None)
@@ -50,11 +57,40 @@ async def serve(config: AgentConfig) -> int:
         await agent.run()
         return 0
     finally:
+        if push is not None:
+            await push.stop()
         if runner is not None:
             await runner.cleanup()
         await agent.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def push_listener(config: AgentConfig, agent: Agent) -> PushListener | None:
+    """The MQTT listener the registration (or ``--mqtt-url``) names, wired to ``agent``."""
+    from edgesync.mqtt import node_topics
+
+    credentials = agent.credentials
+    if not config.mqtt or credentials is None:
+        return None
+    told = credentials.mqtt or {}
+    url = config.mqtt_url or told.get("url")
+    if not url:
+        return None
+    topics = told.get("topics")
+    if not topics or not all(isinstance(topic, str) for topic in topics):
+        topics = node_topics(credentials.node_id)
+    listener = PushListener(
+        str(url),
+        list(topics),
+        credentials.node_id,
+        token=lambda: credentials.token,
+        nudge=agent.wake.set,
+        ca_file=config.ca_file,
+    )
+    agent.token_listeners.append(listener.credentials_changed)
+    log.info("MQTT push from %s", listener.address.public_url)
+    return listener
 
 
 def run(config: AgentConfig) -> int:

@@ -23,6 +23,7 @@ from appliance.auth import Authority
 from appliance.config import ServeConfig
 from appliance.metrics import Metrics
 from appliance.middleware import MIDDLEWARES
+from appliance.push.service import push_ctx
 from appliance.services import CONFIG, METRICS, SERVICES, Services
 from appliance.signing import UrlSigner
 from appliance.store.db import open_database
@@ -41,6 +42,7 @@ def make_app(config: ServeConfig) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_data_dir_ctx)
     app.cleanup_ctx.append(_services_ctx)
+    app.cleanup_ctx.append(push_ctx)  # MQTT broker and notifier, when enabled
     setup_routes(app)
     return app
 
@@ -73,7 +75,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     database = await open_database(config.resolved_database_url)
     try:
-        store = Store(database)
+        store = Store(database, on_retry=metrics.db_serialization_retries.inc)
         await store.migrate()
         artifacts = await open_artifact_store(config.resolved_artifact_url)
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.artifacts.location import S3Location, is_s3_url, minio_url, with_credentials
+
 
 @dataclass
 class ServeConfig:
@@ -12,7 +14,8 @@ class ServeConfig:
     port: int = 8080
     data_dir: Path = field(default_factory=lambda: Path("edgesync-data"))
     database_url: str | None = None
-    artifact_url: str | None = None
+    # May carry S3 credentials: kept out of repr (and so out of any log line).
+    artifact_url: str | None = field(default=None, repr=False)
     public_url: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -31,8 +34,18 @@ class ServeConfig:
     # MinIO/S3 by the seed's variables, when no --artifact-url is given.
     minio_endpoint: str | None = None
     minio_access_key: str | None = None
-    minio_secret_key: str | None = None
+    minio_secret_key: str | None = field(default=None, repr=False)
     minio_secure: bool = False
+    # MQTT push (docs/mqtt.md). None: on exactly when an external broker is named.
+    mqtt_enabled: bool | None = None
+    # The embedded broker's listener (when no external broker is named).
+    mqtt_listen: str = "0.0.0.0:1883"
+    # An external broker to publish to instead; may carry credentials: not in repr.
+    mqtt_broker: str | None = field(default=None, repr=False)
+    # What nodes are told to connect to; default: derived (docs/mqtt.md).
+    mqtt_public_url: str | None = None
+    # Seconds between looks at the database for other replicas' changes.
+    mqtt_watch_interval: float = 1.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -40,7 +53,35 @@ class ServeConfig:
 
     @property
     def resolved_artifact_url(self) -> str:
-        return self.artifact_url or f"file://{(self.data_dir / 'artifacts').resolve()}"
+        """``--artifact-url``, else the ``MINIO_*`` settings, else the data-dir folder.
+
+        An S3 URL without user info takes its keys from ``--minio-access-key``
+        and ``--minio-secret-key``. The result may hold the secret key: show it
+        only through :func:`appliance.artifacts.location.redact_url`.
+        """
+        if self.artifact_url:
+            if is_s3_url(self.artifact_url):
+                return with_credentials(
+                    self.artifact_url, self.minio_access_key, self.minio_secret_key
+                )
+            return self.artifact_url
+        if self.minio_endpoint:
+            return minio_url(
+                self.minio_endpoint,
+                self.minio_access_key,
+                self.minio_secret_key,
+                secure=self.minio_secure,
+            )
+        return f"file://{(self.data_dir / 'artifacts').resolve()}"
+
+    @property
+    def mqtt_mode(self) -> str | None:
+        """``"embedded"``, ``"external"``, or None when MQTT push is off."""
+        if self.mqtt_enabled is False:
+            return None
+        if self.mqtt_broker:
+            return "external"
+        return "embedded" if self.mqtt_enabled else None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -60,3 +101,25 @@ class ServeConfig:
             raise ValueError("--artifact-delivery must be direct or proxy")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("EDGESYNC_ADMIN_TOKEN must be at least 16 characters")
+        if bool(self.minio_access_key) != bool(self.minio_secret_key):
+            raise ValueError("--minio-access-key and --minio-secret-key go together")
+        url = self.resolved_artifact_url
+        if is_s3_url(url):
+            S3Location.parse(url)  # its errors never show the secret key
+        self._validate_mqtt()
+
+    def _validate_mqtt(self) -> None:
+        # amqtt does not validate its own configuration: everything it gets is checked here.
+        from edgesync.mqtt import parse_broker_url, parse_listen
+
+        parse_listen(self.mqtt_listen, "--mqtt-listen")
+        if self.mqtt_broker:
+            parse_broker_url(self.mqtt_broker, "--mqtt-broker")  # errors mask the password
+        if self.mqtt_public_url:
+            public = parse_broker_url(self.mqtt_public_url, "--mqtt-public-url")
+            if public.username or public.password:
+                raise ValueError(
+                    "--mqtt-public-url must not carry credentials: nodes log in with their own"
+                )
+        if not 0.05 <= self.mqtt_watch_interval <= 300:
+            raise ValueError("--mqtt-watch-interval must be between 0.05 and 300 seconds")

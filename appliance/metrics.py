@@ -49,6 +49,20 @@ class Metrics:
         self.db_connections = Gauge(
             "edgesync_db_connections_in_use", "Database connections in use", registry=r
         )
+        self.db_pool_size = Gauge(
+            "edgesync_db_pool_connections", "Database connections open (pool size)", registry=r
+        )
+        self.db_pool_max = Gauge(
+            "edgesync_db_pool_max_connections", "Largest size the pool may grow to", registry=r
+        )
+        self.db_pool_waiting = Gauge(
+            "edgesync_db_pool_waiting", "Requests waiting for a database connection", registry=r
+        )
+        self.db_serialization_retries = Counter(
+            "edgesync_db_serialization_retries",
+            "Write transactions run again after a serialization conflict (SQLSTATE 40001)",
+            registry=r,
+        )
         self.bcrypt_calls = Counter(
             "edgesync_bcrypt_calls",
             "bcrypt hash or verify calls (never on the poll path)",

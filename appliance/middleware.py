@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from appliance.api.common import PRINCIPAL, json_response
+from appliance.artifacts import ArtifactStoreUnavailable
 from appliance.services import METRICS, SERVICES
 from appliance.store.db import DatabaseUnavailable
 from edgesync.errors import (
@@ -81,6 +82,10 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except DatabaseUnavailable:
         error_log.warning("database unavailable during %s %s", request.method, request.path)
         return _envelope(ServiceUnavailable("the database is unavailable; retry later"))
+    except ArtifactStoreUnavailable:
+        # The store logged the reason; the body says no more than this.
+        error_log.warning("artifact store unavailable during %s %s", request.method, request.path)
+        return _envelope(ServiceUnavailable("the artifact store is unavailable; retry later"))
     except web.HTTPNotFound:
         return _envelope(NotFound(f"no route for {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:

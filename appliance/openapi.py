@@ -215,7 +215,19 @@ def _paths() -> dict[str, Any]:
                 {
                     "201": _json(
                         _obj(
-                            node_id=s, token=s, token_expires_at=s, poll_interval_seconds=i, mqtt=o
+                            node_id=s,
+                            token=s,
+                            token_expires_at=s,
+                            poll_interval_seconds=i,
+                            # null when MQTT push is off (docs/mqtt.md)
+                            mqtt={
+                                "type": "object",
+                                "nullable": True,
+                                "properties": {
+                                    "url": s,
+                                    "topics": {"type": "array", "items": s},
+                                },
+                            },
                         ),
                         "Registered",
                     )

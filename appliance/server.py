@@ -9,6 +9,7 @@ from aiohttp import web
 
 from appliance.app import make_app
 from appliance.config import ServeConfig
+from appliance.store.db import DatabaseError
 
 log = logging.getLogger("edgesync.serve")
 
@@ -33,12 +34,17 @@ def run(config: ServeConfig) -> None:
         config.port,
         config.data_dir,
     )
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        ssl_context=tls_context(config),
-        access_log=None,  # our middleware writes one structured line per request
-        print=None,
-        shutdown_timeout=10,
-    )
+    try:
+        web.run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            ssl_context=tls_context(config),
+            access_log=None,  # our middleware writes one structured line per request
+            print=None,
+            shutdown_timeout=10,
+        )
+    except DatabaseError as exc:
+        # At startup (open, migrate): one line for the operator, not a traceback.
+        # The messages name host and user at most, never the URL's password.
+        raise RuntimeError(f"metadata database: {exc}") from exc

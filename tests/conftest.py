@@ -1,25 +1,41 @@
-"""Fixtures shared by the unit and API suites: WASM modules and the metadata store.
+"""Fixtures shared by the unit, API and end-to-end suites: WASM modules and the
+metadata store.
 
-The store is exercised through the ``database_url`` fixture, parametrized by
-database kind. Today only SQLite runs; the PostgreSQL/CockroachDB backend is a
-one-line addition to ``DATABASE_KINDS`` (its URL comes from the environment).
+Everything that touches the metadata store is parametrized by database kind
+(``database_kind``: every kind in ``DATABASE_KINDS`` unless the test is marked
+``@pytest.mark.databases("sqlite")``). PostgreSQL runs against
+``$EDGESYNC_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``):
+one database per session, a fresh schema per store (``postgres_support.py``).
+When it is unreachable its tests skip, or fail under ``CI=true``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from postgres_support import ADMIN_URL_ENV, PostgresSandbox, admin_url, in_ci
 
 from appliance.store.db import open_database
 from appliance.store.store import Store
 
-# Add "postgresql" here once appliance.store.postgres exists; its tests then run
-# against $EDGESYNC_TEST_POSTGRES_URL, which must name an empty database for
-# each test (the store tests assume they start from nothing).
-DATABASE_KINDS = ["sqlite"]
+DATABASE_KINDS = ["sqlite", "postgresql"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "databases(*kinds): run only against these database kinds (default: all)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_kind" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("databases")
+        kinds = list(marker.args) if marker else DATABASE_KINDS
+        metafunc.parametrize("database_kind", kinds, scope="function")
 
 
 def _leb128(value: int) -> bytes:
@@ -71,15 +87,38 @@ def wasm() -> type[WasmFactory]:
     return WasmFactory
 
 
-@pytest.fixture(params=DATABASE_KINDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresSandbox]:
+    """This session's PostgreSQL database (created here, dropped at the end)."""
+    try:
+        sandbox = PostgresSandbox.create(admin_url())
+    except psycopg.Error as exc:
+        problem = f"PostgreSQL at ${ADMIN_URL_ENV} (or the default) is unusable: {exc}"
+        if in_ci():
+            pytest.fail(problem)
+        pytest.skip(problem)
+    try:
+        yield sandbox
+    finally:
+        sandbox.drop()
+
+
+@pytest.fixture
+def make_database_url(
+    database_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[], str]:
+    """A factory of URLs, each naming a new, empty metadata database of this test's kind."""
+    if database_kind == "sqlite":
+        count = itertools.count()
+        return lambda: f"sqlite://{tmp_path / f'store-{next(count)}.db'}"
+    sandbox: PostgresSandbox = request.getfixturevalue("postgres")
+    return sandbox.new_url
+
+
+@pytest.fixture
+def database_url(make_database_url: Callable[[], str]) -> str:
     """A URL naming an empty metadata database, one per test."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'store.db'}"
-    url = os.environ.get("EDGESYNC_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip(f"set EDGESYNC_TEST_POSTGRES_URL to run the {request.param} store tests")
-    return url
+    return make_database_url()
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from appliance.api.common import PRINCIPAL, json_response, principal, query_int
-from appliance.artifacts import ArtifactMissing
+from appliance.artifacts import ArtifactMissing, ArtifactStoreUnavailable
 from appliance.auth import Principal
 from appliance.metrics import Metrics
 from appliance.services import Services, services
@@ -29,6 +31,7 @@ from edgesync.protocol import (
 )
 
 routes = web.RouteTableDef()
+log = logging.getLogger("edgesync.functions")
 
 
 @routes.post("/api/v1/functions")
@@ -116,7 +119,16 @@ async def delete_function(request: web.Request) -> web.Response:
     svc = services(request)
     record = await svc.store.delete_function(_function_id(request), utcnow())
     # Metadata first: from here on no plan names it, so the bytes can go.
-    await svc.artifacts.delete(record.storage_key)
+    try:
+        await svc.artifacts.delete(record.storage_key)
+    except ArtifactStoreUnavailable:
+        # The version is withdrawn already (a retried DELETE would say 404):
+        # only its bytes are left behind, unreachable through the API.
+        log.warning(
+            "function %s deleted, but its object %s stays in the artifact store",
+            record.id,
+            record.storage_key,
+        )
     return web.Response(status=204)
 
 
@@ -139,19 +151,30 @@ async def download(request: web.Request) -> web.StreamResponse:
             raise NotFound("function artifact is missing", details={"function_id": function_id})
         return _MeteredFileResponse(svc.metrics, path, headers=headers)
     started = time.perf_counter()
-    try:
-        chunks = svc.artifacts.read(record.storage_key)
-        first = await anext(chunks)
-    except (ArtifactMissing, StopAsyncIteration) as exc:
-        raise NotFound(
-            "function artifact is missing", details={"function_id": function_id}
-        ) from exc
-    response = web.StreamResponse(headers=headers)
-    response.content_length = record.size_bytes
-    await response.prepare(request)
-    await response.write(first)
-    async for chunk in chunks:
-        await response.write(chunk)
+    # aclosing: a client that goes away mid-download releases the store's
+    # connection now, not whenever the generator is collected.
+    async with aclosing(svc.artifacts.read(record.storage_key)) as chunks:
+        try:
+            first = await anext(chunks)
+        except (ArtifactMissing, StopAsyncIteration) as exc:
+            raise NotFound(
+                "function artifact is missing", details={"function_id": function_id}
+            ) from exc
+        response = web.StreamResponse(headers=headers)
+        response.content_length = record.size_bytes
+        await response.prepare(request)
+        try:
+            await response.write(first)
+            async for chunk in chunks:
+                await response.write(chunk)
+        except Exception:
+            # The status line is out: the only signal left is to cut the
+            # connection, so the client sees fewer bytes than Content-Length
+            # (an agent then retries; it checks the SHA-256 anyway).
+            log.warning("download of function %s cut short", function_id)
+            if request.transport is not None:
+                request.transport.close()
+            raise
     await response.write_eof()
     svc.metrics.download_bytes.inc(record.size_bytes)
     svc.metrics.download_seconds.observe(time.perf_counter() - started)

@@ -16,6 +16,7 @@ from appliance.api.common import (
     read_json,
 )
 from appliance.auth import token_digest
+from appliance.push.service import mqtt_registration
 from appliance.services import services
 from appliance.store.records import NodeRecord
 from edgesync.errors import Unauthorized, ValidationFailed
@@ -81,7 +82,7 @@ async def register(request: web.Request) -> web.Response:
             "token": issued.token,
             "token_expires_at": format_time(issued.expires_at),
             "poll_interval_seconds": poll,
-            "mqtt": None,
+            "mqtt": mqtt_registration(request, node_id),
         },
         status=201,
     )

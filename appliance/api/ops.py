@@ -41,7 +41,11 @@ async def metrics(request: web.Request) -> web.Response:
     counts = await svc.store.count_nodes_by_status(utcnow())
     for status, count in counts.items():
         svc.metrics.nodes.labels(status).set(count)
-    svc.metrics.db_connections.set(svc.store.db.connections_in_use())
+    pool = svc.store.db.pool_stats()
+    svc.metrics.db_connections.set(pool.in_use)
+    svc.metrics.db_pool_size.set(pool.size)
+    svc.metrics.db_pool_max.set(pool.max_size)
+    svc.metrics.db_pool_waiting.set(pool.waiting)
     return web.Response(
         body=generate_latest(svc.metrics.registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST},

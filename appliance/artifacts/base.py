@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Protocol
 
 
 class ArtifactMissing(Exception):
     """No object under the key."""
+
+
+class ArtifactStoreUnavailable(RuntimeError):
+    """The store cannot be reached, timed out or refused the request.
+
+    The API answers 503 ``SERVICE_UNAVAILABLE`` (retryable, with ``Retry-After``);
+    the message is for logs and never carries a secret.
+    """
 
 
 class ArtifactStore(Protocol):
@@ -30,7 +38,7 @@ class ArtifactStore(Protocol):
         None when the store has none and the control plane serves the bytes."""
         ...
 
-    def read(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    def read(self, key: str, chunk_size: int = 256 * 1024) -> AsyncGenerator[bytes, None]:
         """Stream the object's bytes; raises :class:`ArtifactMissing`."""
         ...
 

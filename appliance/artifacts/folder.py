@@ -11,7 +11,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from appliance.artifacts.base import ArtifactMissing
@@ -59,7 +59,7 @@ class FolderArtifactStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
-    async def read(self, key: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    async def read(self, key: str, chunk_size: int = 256 * 1024) -> AsyncGenerator[bytes, None]:
         try:
             handle = await asyncio.to_thread(open, self._path(key), "rb")
         except FileNotFoundError as exc:

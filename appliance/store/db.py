@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 Row = dict[str, Any]
@@ -30,6 +31,16 @@ class IntegrityViolation(DatabaseError):
 
 class SerializationFailure(DatabaseError):
     """The transaction lost a SERIALIZABLE conflict (SQLSTATE 40001); retry it."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a database's connections, for the metrics endpoint."""
+
+    in_use: int
+    size: int  # open (or opening) connections
+    max_size: int
+    waiting: int  # requests waiting for a connection
 
 
 class Connection(Protocol):
@@ -61,6 +72,8 @@ class Database(Connection, Protocol):
 
     def connections_in_use(self) -> int: ...
 
+    def pool_stats(self) -> PoolStats: ...
+
 
 async def open_database(url: str) -> Database:
     """Open the database named by ``url`` (``sqlite:///path`` or ``postgresql://``)."""
@@ -70,9 +83,9 @@ async def open_database(url: str) -> Database:
         return await SqliteDatabase.open(url.removeprefix("sqlite://"))
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from appliance.store.postgres import PostgresDatabase  # type: ignore[import-not-found]
-        except ImportError as exc:  # pragma: no cover - arrives with the backends issue
-            raise ValueError("the PostgreSQL store is not available in this build") from exc
+            from appliance.store.postgres import PostgresDatabase
+        except ImportError as exc:  # pragma: no cover - psycopg missing from this install
+            raise ValueError("the PostgreSQL store needs psycopg and psycopg_pool") from exc
         database: Database = await PostgresDatabase.open(url)
         return database
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")

@@ -218,3 +218,23 @@ class Target:
     @property
     def schema_version(self) -> int:
         return self.migrations[-1].version if self.migrations else 0
+
+
+@dataclass(frozen=True)
+class FleetChange:
+    """One bump of the fleet generation: why, and whom it concerns (None: every node)."""
+
+    generation: int
+    reason: str
+    node_ids: tuple[str, ...] | None
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: Row) -> FleetChange:
+        raw = row.get("node_ids")
+        return cls(
+            int(row["generation"]),
+            str(row["reason"]),
+            tuple(json.loads(raw)) if raw else None,
+            str(row["created_at"]),
+        )

@@ -136,4 +136,16 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         ALTER TABLE functions ADD COLUMN status TEXT NOT NULL DEFAULT 'ready';
         """,
     ),
+    ControlPlaneMigration(
+        4,
+        "fleet changes: why each generation was bumped, for every replica's MQTT notifier",
+        """
+        CREATE TABLE fleet_changes (
+            generation BIGINT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            node_ids TEXT,
+            created_at TEXT NOT NULL
+        );
+        """,
+    ),
 )

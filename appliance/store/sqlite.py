@@ -21,6 +21,7 @@ from appliance.store.db import (
     DatabaseUnavailable,
     IntegrityViolation,
     Params,
+    PoolStats,
     Row,
 )
 
@@ -73,6 +74,7 @@ class SqliteDatabase(_SqliteConnection):
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._in_use = 0
+        self._waiting = 0
 
     @classmethod
     async def open(cls, path: str) -> SqliteDatabase:
@@ -108,7 +110,12 @@ class SqliteDatabase(_SqliteConnection):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._write_lock:
+        self._waiting += 1
+        try:
+            await self._write_lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             self._in_use += 1
             # Transaction control goes through the translating connection too, so a
             # closed or locked database is DatabaseUnavailable. The outer clause
@@ -128,12 +135,18 @@ class SqliteDatabase(_SqliteConnection):
                 raise _translate(exc) from exc
             finally:
                 self._in_use -= 1
+        finally:
+            self._write_lock.release()
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1 AS ok")
 
     def connections_in_use(self) -> int:
         return self._in_use
+
+    def pool_stats(self) -> PoolStats:
+        # Two connections, always open: one writer (behind the lock) and one reader.
+        return PoolStats(self._in_use, 2, 2, self._waiting)
 
     async def close(self) -> None:
         for connection in (self._reader, self._writer):

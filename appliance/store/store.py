@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import random
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from appliance.store.db import (
     Connection,
     Database,
+    DatabaseError,
+    DatabaseUnavailable,
     IntegrityViolation,
     SerializationFailure,
 )
 from appliance.store.records import (
     EnrollmentTokenRecord,
+    FleetChange,
     FunctionRecord,
     MigrationRecord,
     NodeRecord,
@@ -33,7 +38,7 @@ from appliance.store.records import (
     SyncRecord,
     Target,
 )
-from appliance.store.schema import MIGRATIONS
+from appliance.store.schema import MIGRATIONS, ControlPlaneMigration
 from edgesync.errors import (
     FunctionExists,
     InvalidEnrollmentToken,
@@ -47,6 +52,11 @@ from edgesync.protocol import PLAN_REJECTED, Ack, FunctionRef, format_time
 T = TypeVar("T")
 
 WRITE_ATTEMPTS = 8
+# fleet_changes keeps this many generations: enough for any notifier that is
+# merely slow (one that falls further behind notifies the whole fleet instead).
+FLEET_CHANGES_KEPT = 1000
+# Set by _write for the transaction body it runs: did the body bump the generation?
+_BUMPED: ContextVar[list[bool] | None] = ContextVar("edgesync_generation_bumped", default=None)
 # An upload's claim on (name, version) older than this belongs to a crashed upload.
 STALE_UPLOAD = timedelta(minutes=15)
 
@@ -69,8 +79,12 @@ def decode_cursor(cursor: str, parts: int) -> list[str]:
 class Store:
     """Domain-level reads and writes over a :class:`Database`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, on_retry: Callable[[], object] | None = None) -> None:
         self.db = db
+        # Write transactions lost to a serialization conflict and run again
+        # (``on_retry`` is called for each: the app counts them in /metrics).
+        self.serialization_retries = 0
+        self._on_retry = on_retry
         # A database no other process writes lets us trust what we wrote: the
         # generation and the node stamps are then served from memory.
         self._generation: int | None = None
@@ -78,39 +92,65 @@ class Store:
         # Bumped after every committed write. A read that started before a
         # commit must not fill a cache after it: it compares epochs first.
         self._epoch = 0
+        # Called after a commit that bumped the fleet generation (the MQTT notifier).
+        self._generation_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Apply pending control-plane migrations; return the schema version."""
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                "CREATE TABLE IF NOT EXISTS control_plane_migrations ("
-                " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-        current = await self._migration_version()
+        """Apply pending control-plane migrations; return the schema version.
+
+        Replicas starting together on a fresh database race here. Each
+        migration re-checks its record inside its transaction; when two still
+        run the same DDL at once, the loser's statement fails (a duplicate
+        table or catalog key) and it moves on once it sees the winner's record.
+        """
+        await self._create_migrations_table()
         for migration in MIGRATIONS:
-            if migration.version <= current:
+            if migration.version <= await self._migration_version():
                 continue
-
-            async def apply(tx: Connection, migration: Any = migration) -> None:
-                # Re-check inside the transaction: another replica may have won.
-                row = await tx.fetchone(
-                    "SELECT version FROM control_plane_migrations WHERE version = ?",
-                    (migration.version,),
-                )
-                if row is not None:
-                    return
-                for statement in migration.statements():
-                    await tx.execute(statement)
-                await tx.execute(
-                    "INSERT INTO control_plane_migrations (version, description, applied_at)"
-                    " VALUES (?, ?, ?)",
-                    (migration.version, migration.description, format_time(_now())),
-                )
-
-            await self._write(apply)
+            try:
+                await self._write(functools.partial(self._apply_migration, migration))
+            except DatabaseUnavailable:
+                raise
+            except DatabaseError:
+                if await self._migration_version() < migration.version:
+                    raise
         return await self._migration_version()
+
+    async def _create_migrations_table(self) -> None:
+        for attempt in range(2):
+            try:
+                async with self.db.transaction() as tx:
+                    await tx.execute(
+                        "CREATE TABLE IF NOT EXISTS control_plane_migrations ("
+                        " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+                        " applied_at TEXT NOT NULL)"
+                    )
+                return
+            except DatabaseUnavailable:
+                raise
+            except DatabaseError:
+                # PostgreSQL's IF NOT EXISTS is not atomic: a replica creating the
+                # table at the same moment makes ours fail once; then it exists.
+                if attempt == 1:
+                    raise
+
+    async def _apply_migration(self, migration: ControlPlaneMigration, tx: Connection) -> None:
+        # Re-check inside the transaction: another replica may have won.
+        row = await tx.fetchone(
+            "SELECT version FROM control_plane_migrations WHERE version = ?",
+            (migration.version,),
+        )
+        if row is not None:
+            return
+        for statement in migration.statements():
+            await tx.execute(statement)
+        await tx.execute(
+            "INSERT INTO control_plane_migrations (version, description, applied_at)"
+            " VALUES (?, ?, ?)",
+            (migration.version, migration.description, format_time(_now())),
+        )
 
     async def _migration_version(self) -> int:
         row = await self.db.fetchone("SELECT MAX(version) AS v FROM control_plane_migrations")
@@ -124,16 +164,28 @@ class Store:
                     result = await body(tx)
                 return result
             except SerializationFailure:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    break
+                self.serialization_retries += 1
+                if self._on_retry is not None:
+                    self._on_retry()
                 await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * random.uniform(0.5, 1.5))
         raise ServiceUnavailable(
             "the database kept aborting the transaction on conflicts", retry_after=1
         )
 
     async def _write(self, body: Callable[[Connection], Awaitable[T]]) -> T:
+        bumped: list[bool] = []
+        reset = _BUMPED.set(bumped)
         try:
-            return await self._write_with_retries(body)
+            result = await self._write_with_retries(body)
         finally:
+            _BUMPED.reset(reset)
             self._invalidate()
+        if bumped:  # committed: tell whoever watches the generation in this process
+            for listener in list(self._generation_listeners):
+                listener()
+        return result
 
     def _invalidate(self, node_id: str | None = None) -> None:
         self._epoch += 1
@@ -141,8 +193,34 @@ class Store:
         if node_id is not None:
             self._stamps.pop(node_id, None)
 
-    async def _bump_generation(self, tx: Connection) -> None:
+    async def _bump_generation(
+        self, tx: Connection, reason: str, node_ids: list[str] | None = None
+    ) -> None:
+        """Move the fleet generation on and record why, in the caller's transaction.
+
+        ``node_ids`` names the nodes whose plans change (None: the whole fleet);
+        each replica's notifier reads the record and tells those nodes.
+        """
         await tx.execute("UPDATE fleet_state SET generation = generation + 1 WHERE id = 1")
+        row = await tx.fetchone("SELECT generation FROM fleet_state WHERE id = 1")
+        assert row is not None
+        generation = int(row["generation"])
+        await tx.execute(
+            "INSERT INTO fleet_changes (generation, reason, node_ids, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                generation,
+                reason,
+                json.dumps(sorted(node_ids)) if node_ids is not None else None,
+                format_time(_now()),
+            ),
+        )
+        await tx.execute(
+            "DELETE FROM fleet_changes WHERE generation <= ?", (generation - FLEET_CHANGES_KEPT,)
+        )
+        marker = _BUMPED.get()
+        if marker is not None:
+            marker.append(True)
 
     # -- secrets and the fleet generation -------------------------------------------
 
@@ -163,6 +241,23 @@ class Store:
             return str(stored["value"])
 
         return await self._write(create)
+
+    def add_generation_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each commit of this process that bumps the generation."""
+        self._generation_listeners.append(listener)
+
+    def remove_generation_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._generation_listeners:
+            self._generation_listeners.remove(listener)
+
+    async def fleet_changes(self, *, after: int, upto: int, limit: int = 1000) -> list[FleetChange]:
+        """Recorded changes with ``after < generation <= upto``, oldest first."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM fleet_changes WHERE generation > ? AND generation <= ?"
+            " ORDER BY generation LIMIT ?",
+            (after, upto, limit),
+        )
+        return [FleetChange.from_row(row) for row in rows]
 
     async def generation(self) -> int:
         if self._generation is not None and not self.db.shared:
@@ -413,7 +508,7 @@ class Store:
             )
             if changed != 1:
                 raise NotFound("upload reservation is gone", details={"function_id": function_id})
-            await self._bump_generation(tx)
+            await self._bump_generation(tx, "function_uploaded")
 
         await self._write(publish)
 
@@ -479,7 +574,7 @@ class Store:
             await tx.execute(
                 "UPDATE functions SET deleted_at = ? WHERE id = ?", (format_time(now), function_id)
             )
-            await self._bump_generation(tx)
+            await self._bump_generation(tx, "function_deleted")
             return FunctionRecord.from_row(row)
 
         return await self._write(delete)
@@ -514,7 +609,7 @@ class Store:
                     record.created_at,
                 ),
             )
-            await self._bump_generation(tx)
+            await self._bump_generation(tx, "schema_added")
 
         try:
             await self._write(append)

@@ -64,6 +64,17 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--once", is_flag=True, help="Sync once; exit 0 when converged, 1 otherwise.")
 @click.option(
+    "--mqtt/--no-mqtt",
+    default=True,
+    show_default=True,
+    help="Listen for MQTT push notifications when the control plane offers them.",
+)
+@click.option(
+    "--mqtt-url",
+    envvar="EDGESYNC_MQTT_URL",
+    help="mqtt://host:port to listen on instead of the broker the registration named.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -86,6 +97,8 @@ def agent(
     function_memory_mb: int,
     ca_file: str | None,
     once: bool,
+    mqtt: bool,
+    mqtt_url: str | None,
     log_level: str,
 ) -> None:
     """Run the edge agent: converge this node on the control plane's target."""
@@ -117,6 +130,8 @@ def agent(
         function_memory_mb=function_memory_mb,
         ca_file=ca_file,
         once=once,
+        mqtt=mqtt,
+        mqtt_url=mqtt_url or None,
     )
     try:
         config.validate()

@@ -27,7 +27,9 @@ import click
 @click.option(
     "--artifact-url",
     envvar="EDGESYNC_ARTIFACT_URL",
-    help="Where modules live; default: a folder in the data dir.",
+    help="Where modules live: s3://KEY:SECRET@host:port/bucket (also minio://, http://,"
+    " https://; see docs/deploy.md); default: MINIO_ENDPOINT if set, else a folder in the"
+    " data dir.",
 )
 @click.option(
     "--artifact-delivery",
@@ -73,6 +75,41 @@ import click
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+@click.option(
+    "--mqtt/--no-mqtt",
+    "mqtt",
+    default=None,
+    envvar="MQTT_ENABLED",
+    help="Push notifications over MQTT: run the embedded broker (default: off,"
+    " or on when --mqtt-broker is given).",
+)
+@click.option(
+    "--mqtt-listen",
+    default="0.0.0.0:1883",
+    show_default=True,
+    envvar="EDGESYNC_MQTT_LISTEN",
+    help="HOST:PORT of the embedded MQTT broker.",
+)
+@click.option(
+    "--mqtt-broker",
+    envvar="MQTT_BROKER",
+    help="mqtt://[user:password@]host:port of an external broker (Mosquitto, EMQX)"
+    " to publish to instead of running the embedded one.",
+)
+@click.option(
+    "--mqtt-public-url",
+    envvar="EDGESYNC_MQTT_PUBLIC_URL",
+    help="mqtt://host:port nodes are told to connect to"
+    " (default: --public-url's host, or the request's, and the listen port).",
+)
+@click.option(
+    "--mqtt-watch-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 300),
+    envvar="EDGESYNC_MQTT_WATCH_INTERVAL",
+    help="Seconds between looks at the database for other replicas' changes.",
+)
 def serve(
     host: str,
     port: int,
@@ -92,6 +129,11 @@ def serve(
     url_ttl: int,
     log_level: str,
     no_access_log: bool,
+    mqtt: bool | None,
+    mqtt_listen: str,
+    mqtt_broker: str | None,
+    mqtt_public_url: str | None,
+    mqtt_watch_interval: float,
 ) -> None:
     """Run the control plane (REST API, artifact store, metrics)."""
     from appliance.config import ServeConfig
@@ -102,6 +144,9 @@ def serve(
     )
     # aiosqlite's DEBUG lines carry SQL parameters: token hashes and signing keys.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
+    # amqtt logs every connection at INFO (and packets at DEBUG: CONNECT carries tokens).
+    for name in ("amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if no_access_log:
         logging.getLogger("edgesync.access").setLevel(logging.WARNING)
     config = ServeConfig(
@@ -122,6 +167,11 @@ def serve(
         poll_interval_seconds=poll_interval,
         url_ttl_seconds=url_ttl,
         admin_token=os.environ.get("EDGESYNC_ADMIN_TOKEN") or None,
+        mqtt_enabled=mqtt,
+        mqtt_listen=mqtt_listen,
+        mqtt_broker=mqtt_broker or None,
+        mqtt_public_url=mqtt_public_url or None,
+        mqtt_watch_interval=mqtt_watch_interval,
     )
     try:
         config.validate()

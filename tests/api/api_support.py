@@ -26,6 +26,7 @@ LEAK_MARKERS = (
     "UPDATE nodes",
     "sqlite3.",
     "aiosqlite",
+    "psycopg",
     ADMIN_TOKEN,
 )
 

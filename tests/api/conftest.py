@@ -1,4 +1,9 @@
-"""In-process API tests: the real app (SQLite + folder store) behind aiohttp's test client."""
+"""In-process API tests: the real app behind aiohttp's test client.
+
+Every test runs once per database kind (``database_kind``, tests/conftest.py):
+the embedded SQLite store in the data dir, and PostgreSQL (a fresh schema for
+every app). The artifact store is the data-dir folder.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,19 @@ from appliance.config import ServeConfig
 
 
 @pytest.fixture
-def make_api(aiohttp_client: Any, tmp_path: Any) -> ApiFactory:
-    """Build an app with ``ServeConfig`` overrides; each call gets its own data dir."""
+def make_api(
+    aiohttp_client: Any, tmp_path: Any, database_kind: str, make_database_url: Any
+) -> ApiFactory:
+    """Build an app with ``ServeConfig`` overrides; each call gets its own data dir
+    and its own empty database (unless ``database_url`` is given)."""
     count = 0
 
     async def build(**overrides: Any) -> Api:
         nonlocal count
         count += 1
+        if "database_url" not in overrides and database_kind != "sqlite":
+            # (SQLite: the embedded default in the data dir, as `edgesync serve` has it.)
+            overrides["database_url"] = make_database_url()
         settings: dict[str, Any] = {
             "data_dir": tmp_path / f"data-{count}",
             "admin_token": ADMIN_TOKEN,

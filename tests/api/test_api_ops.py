@@ -7,9 +7,12 @@ import shutil
 import sqlite3
 import stat
 
+import psycopg
 import pytest
 from api_support import ADMIN, Api, expect_error
 from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.store.postgres import parse_url
 
 METRIC_FAMILIES = {
     "edgesync_nodes": "gauge",
@@ -19,6 +22,10 @@ METRIC_FAMILIES = {
     "edgesync_artifact_download_seconds": "histogram",
     "edgesync_api_request_seconds": "histogram",
     "edgesync_db_connections_in_use": "gauge",
+    "edgesync_db_pool_connections": "gauge",
+    "edgesync_db_pool_max_connections": "gauge",
+    "edgesync_db_pool_waiting": "gauge",
+    "edgesync_db_serialization_retries": "counter",
     "edgesync_bcrypt_calls": "counter",
 }
 
@@ -77,6 +84,7 @@ async def test_readyz_is_503_when_the_database_is_gone(api: Api) -> None:
     await expect_error(response, 503, "SERVICE_UNAVAILABLE")
 
 
+@pytest.mark.databases("sqlite")
 async def test_locked_database_is_503_retryable(api: Api) -> None:
     """A write that cannot get the database answers 503, retryable, without SQL text."""
     database = api.services.store.db
@@ -92,6 +100,26 @@ async def test_locked_database_is_503_retryable(api: Api) -> None:
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+    response = await api.post("/api/v1/enrollment-tokens", json={}, headers=ADMIN)
+    assert response.status == 201
+
+
+@pytest.mark.databases("postgresql")
+async def test_locked_table_is_503_retryable_on_postgresql(make_api, make_database_url) -> None:
+    """A write that waits past ``lock_timeout`` for another transaction's lock: 503."""
+    url = make_database_url() + "&lock_timeout=0.05"
+    api: Api = await make_api(database_url=url)
+    blocker = await psycopg.AsyncConnection.connect(parse_url(url)[0], autocommit=True)
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.execute("LOCK TABLE enrollment_tokens IN ACCESS EXCLUSIVE MODE")
+        response = await api.post("/api/v1/enrollment-tokens", json={}, headers=ADMIN)
+        error = await expect_error(response, 503, "SERVICE_UNAVAILABLE")
+        assert "lock" not in error["message"]
+        assert response.headers["Retry-After"].isdigit()
+        await blocker.execute("ROLLBACK")
+    finally:
+        await blocker.close()
     response = await api.post("/api/v1/enrollment-tokens", json={}, headers=ADMIN)
     assert response.status == 201
 
@@ -162,6 +190,7 @@ async def test_admin_token_file_is_created_once_with_mode_0600(
     assert token not in logged
 
 
+@pytest.mark.databases("sqlite")
 async def test_one_server_per_embedded_data_dir(make_api) -> None:
     api: Api = await make_api()
     with pytest.raises(RuntimeError, match="another edgesync serve"):

@@ -78,8 +78,15 @@ def edgesync(request: pytest.FixtureRequest) -> Edgesync:
 
 
 @pytest.fixture
-def server(edgesync: Edgesync, tmp_path: Path) -> Iterator[Server]:
-    """``edgesync serve`` (same executable) on an ephemeral port, embedded stores."""
+def server(
+    edgesync: Edgesync, tmp_path: Path, database_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """``edgesync serve`` (same executable) on an ephemeral port: the folder artifact
+    store, and embedded SQLite or PostgreSQL (``database_kind``, tests/conftest.py),
+    the latter named by the seed's ``DATABASE_URL`` variable."""
+    if database_kind != "sqlite":
+        url = request.getfixturevalue("postgres").new_url(pool_max="4")
+        edgesync = Edgesync(edgesync.kind, edgesync.argv, {**edgesync.env, "DATABASE_URL": url})
     running = start_server(edgesync, tmp_path, ADMIN_TOKEN)
     try:
         yield running

@@ -1,0 +1,1 @@
+"""MQTT push: the embedded broker and its access rules, the notifier, the app wiring."""

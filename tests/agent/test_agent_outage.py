@@ -1,0 +1,90 @@
+"""The control plane goes away: the node keeps serving and backs off on schedule.
+
+An in-process agent runs its real loop (``Agent.run``) on an injected fake
+clock that records every sleep it asks for and returns at once: the retry
+schedule is checked without waiting for wall time. The control plane is a real
+one on loopback, stopped (its port then refuses connections) and restarted on
+the same port and data dir.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agent_support import (
+    ControlPlane,
+    FakeClock,
+    State,
+    example,
+    gateway_call,
+    greeting,
+    hello,
+    local_gateway,
+    sync_until,
+)
+
+SCHEDULE = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+
+
+def is_poll_interval(delay: float) -> bool:
+    return 0.18 <= delay <= 0.22  # 0.2 s ± 10 % jitter
+
+
+async def test_the_node_serves_through_an_outage_and_backs_off_on_schedule(
+    control_plane: ControlPlane, make_agent: Any
+) -> None:
+    cp = control_plane
+    await cp.add_schema(1, "CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+    await cp.upload("hello", "1.0.0", hello("v1"))
+    await cp.upload("echo", "1.0.0", example("echo"))
+    clock = FakeClock()
+    agent = await make_agent("edge-1", clock=clock)
+    await sync_until(cp, [agent], State.want(1, hello="1.0.0", echo="1.0.0"))
+    status_file = agent.data_dir / "agent-status.json"
+    during_outage: list[tuple[int, bytes, str, dict[str, Any]]] = []
+    down_again = len(SCHEDULE) + 2
+
+    async def script(count: int, seconds: float) -> None:
+        """Runs at the agent's ``count``-th sleep: the test's timeline."""
+        if cp.running and count < down_again:
+            return
+        if count <= len(SCHEDULE):
+            # Down: the gateway still answers from the runtime; the status says why.
+            status, body, _ = await gateway_call(gateway, "hello", b"x")
+            status_now = json.loads(status_file.read_text())
+            during_outage.append(
+                (status, body, status_now["last_outcome"], agent.runtime.functions())
+            )
+            if count == len(SCHEDULE):
+                await cp.start()  # back, with a release published meanwhile
+                await cp.upload("hello", "1.1.0", hello("v2"))
+        elif count == down_again:
+            await cp.stop()  # down once more: the schedule starts over
+        elif count == down_again + 2:
+            agent.stop()
+
+    async with local_gateway(agent.runtime) as gateway:
+        await cp.stop()
+        clock.on_sleep = script
+        await agent.run()
+        assert (await gateway_call(gateway, "hello", b"x"))[:2] == (200, greeting("v2", b"x"))
+    await cp.start()
+
+    # Nine failed syncs, each followed by the next delay of the schedule...
+    assert clock.sleeps[: len(SCHEDULE)] == SCHEDULE
+    for status, body, outcome, functions in during_outage:
+        assert (status, body) == (200, greeting("v1", b"x"))
+        assert outcome == "unreachable"
+        assert set(functions) == {"hello", "echo"}
+    assert len(during_outage) == len(SCHEDULE)
+    # ...then the control plane is back: the next sync applies the new release and the
+    # loop polls on its interval again (the failure count is reset)...
+    back = clock.sleeps[len(SCHEDULE) :]
+    assert is_poll_interval(back[0]) and is_poll_interval(back[1]), back
+    assert await cp.node_state(agent.node_id) == State.want(1, hello="1.1.0", echo="1.0.0")
+    # ...so the next outage starts the schedule from its beginning again.
+    assert back[2:] == SCHEDULE[:2]
+    last = json.loads(status_file.read_text())
+    assert last["last_outcome"] == "unreachable"
+    assert last["last_error"]["retryable"] is True
