@@ -96,12 +96,14 @@ class ControlPlane:
         _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/token/rotate", {})
         return dict(answer)
 
-    async def plan(self, node_id: str, etag: str | None) -> Plan | None:
-        """The node's plan, or None when ``etag`` is still current (304)."""
+    async def plan(self, node_id: str, etag: str | None, *, full: bool = False) -> Plan | None:
+        """The node's plan, or None when ``etag`` is still current (304).
+
+        ``full``: the plan as if the node held no functions (to repair its cache).
+        """
         headers = {"If-None-Match": etag} if etag else None
-        status, answer, _ = await self._call(
-            "GET", f"/api/v1/nodes/{node_id}/sync", headers=headers
-        )
+        path = f"/api/v1/nodes/{node_id}/sync" + ("?full=true" if full else "")
+        status, answer, _ = await self._call("GET", path, headers=headers)
         if status == 304:
             return None
         return Plan.from_dict(answer)

@@ -187,14 +187,18 @@ class Agent:
             local = await self.reconciler.local_state()
             await self._maybe_rotate()
             await self.api.heartbeat(self.node_id, local)
-            plan = await self.api.plan(self.node_id, self._etag)
+            # A module gone from the cache (disk fault, tampering) is not served:
+            # ask for the plan as if the node held no functions, to fetch it again.
+            repair = bool(self.reconciler.missing_modules(local))
+            plan = await self.api.plan(self.node_id, None if repair else self._etag, full=repair)
         except Exception as exc:
             self._transient_failures += 1
             return self._record(Outcome("unreachable", classify(exc)))
         self._transient_failures = 0
         if plan is None:
             return self._record(Outcome("unchanged", state=local))
-        self._etag = plan.etag
+        if not repair:
+            self._etag = plan.etag
         if plan.is_empty or plan.sync_id is None:
             return self._record(Outcome("converged", state=local))
         return self._record(await self._release(plan))

@@ -26,7 +26,7 @@ from agent.artifacts import ArtifactCache, Downloader
 from agent.edgedb import EdgeDatabase
 from agent.failures import PlanInconsistent
 from agent.runtime.base import Runtime
-from edgesync.protocol import ApplySchema, DeployFunction, NodeState, Plan
+from edgesync.protocol import ApplySchema, DeployFunction, FunctionRef, NodeState, Plan
 
 log = logging.getLogger("edgesync.agent")
 
@@ -86,7 +86,7 @@ class Reconciler:
     async def apply(self, plan: Plan) -> NodeState:
         """Bring the node to ``plan.target``; on failure nothing changed. Returns the new state."""
         local = await self.local_state()
-        if local == plan.target:
+        if local == plan.target and not self.missing_modules(local):
             return local
         migrations = self._migrations(plan, local)
         await self._fetch_modules(plan, local)
@@ -102,6 +102,10 @@ class Reconciler:
         self.runtime.activate({ref.name: ref for ref in state.functions})
         await self._in_thread_checkpoint("activated")
         return state
+
+    def missing_modules(self, state: NodeState) -> list[FunctionRef]:
+        """Functions the state names whose verified module is not in the cache."""
+        return [ref for ref in state.functions if not self.cache.has(ref.sha256)]
 
     def collect(self, state: NodeState) -> None:
         keep = {ref.sha256 for ref in state.functions}

@@ -295,6 +295,7 @@ def _paths() -> dict[str, Any]:
                 params=[
                     *node,
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": s},
+                    _query("full", {"type": "boolean"}, "plan as if the node held no functions"),
                 ],
                 tags=("sync",),
             )

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from appliance.planner import (
 from appliance.signing import UrlSigner
 from appliance.store.records import NodeStamp, SyncRecord
 from appliance.store.store import Store
-from edgesync.protocol import Ack, format_time, parse_time, utcnow
+from edgesync.protocol import Ack, NodeState, format_time, parse_time, utcnow
 
 CACHE_LIMIT = 200_000
 
@@ -127,6 +127,19 @@ class SyncService:
             self._plans.pop(next(iter(self._plans)))
         self._plans[stamp.node_id] = cached
         return cached
+
+    async def full_plan(self, stamp: NodeStamp, base_url: str) -> PlanResponse:
+        """The plan as if the node held no functions, never cached.
+
+        For a node whose module cache lost a file: every target function comes
+        with a download, so the node can fetch again what it no longer has.
+        """
+        node = await self._store.get_node(stamp.node_id)
+        target = await self._target_spec(stamp.generation)
+        bare = NodeView(NodeState(node.current_schema_version, ()), node.state_seq)
+        draft = replace(make_plan(bare, target), sync_type="full")
+        self._metrics.plans.labels("full").inc()
+        return PlanResponse(draft.etag, await self._render(stamp.node_id, draft, base_url))
 
     async def _target_spec(self, generation: int) -> TargetSpec:
         if self._target is not None and self._target[0] == generation:

@@ -18,11 +18,11 @@ async def get_plan(request: web.Request) -> web.Response:
     caller.require_node(node_id)
     assert caller.stamp is not None
     svc = services(request)
-    answer = await svc.sync.plan(
-        caller.stamp,
-        request.headers.get("If-None-Match"),
-        base_url(request, svc.config.public_url),
-    )
+    origin = base_url(request, svc.config.public_url)
+    if request.query.get("full") in ("1", "true"):
+        answer = await svc.sync.full_plan(caller.stamp, origin)
+    else:
+        answer = await svc.sync.plan(caller.stamp, request.headers.get("If-None-Match"), origin)
     if answer.body is None:
         return web.Response(status=304, headers={"ETag": answer.etag})
     return web.Response(

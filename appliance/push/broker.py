@@ -8,6 +8,7 @@ not be handed over; the notifier then keeps it and tries again later.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import uuid
@@ -19,6 +20,9 @@ from edgesync.mqtt import BrokerAddress
 log = logging.getLogger("edgesync.mqtt")
 
 PUBLISH_TIMEOUT = 5.0
+# A client must have logged in (been answered CONNACK) this soon after connecting:
+# unauthenticated connections must not pile up.
+CONNECT_TIMEOUT = 10.0
 
 
 class PublishFailed(Exception):
@@ -55,6 +59,7 @@ class EmbeddedBroker:
         self._authority = authority
         self._broker: Any = None
         self._server: asyncio.Server | None = None
+        self.connect_timeout = CONNECT_TIMEOUT
 
     @property
     def scheme(self) -> str:
@@ -103,15 +108,25 @@ class EmbeddedBroker:
         log.info("MQTT broker listening on %s://%s:%s", self.scheme, self.host, self.port)
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
+        from amqtt.adapters import StreamReaderAdapter
 
         broker = self._broker
         if broker is None:  # shutting down
             writer.close()
             return
-        await broker.external_connected(
-            StreamReaderAdapter(reader), StreamWriterAdapter(writer), "default"
-        )
+        adapter = _answer_tracking_writer()(writer)
+
+        def deadline() -> None:
+            if not adapter.answered:  # no CONNACK yet: silent, or stuck mid-CONNECT
+                writer.transport.abort()
+
+        timer = asyncio.get_running_loop().call_later(self.connect_timeout, deadline)
+        try:
+            await broker.external_connected(StreamReaderAdapter(reader), adapter, "default")
+        except Exception as exc:  # one client's failure is no server error
+            log.debug("MQTT connection ended: %s", exc)
+        finally:
+            timer.cancel()
 
     @property
     def port(self) -> int:
@@ -145,6 +160,21 @@ class EmbeddedBroker:
             await broker.shutdown()
         if server is not None:
             await server.wait_closed()
+
+
+@functools.cache
+def _answer_tracking_writer() -> Any:
+    """amqtt's stream writer adapter, remembering whether anything was sent."""
+    from amqtt.adapters import StreamWriterAdapter
+
+    class AnswerTrackingWriter(StreamWriterAdapter):
+        answered = False
+
+        def write(self, data: bytes) -> None:
+            self.answered = True
+            super().write(data)
+
+    return AnswerTrackingWriter
 
 
 class ExternalBroker:

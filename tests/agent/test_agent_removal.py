@@ -75,3 +75,27 @@ async def test_deleting_the_newest_version_goes_back_to_the_older_one(
         assert (await gateway_call(gateway, "hello"))[:2] == (200, greeting("v1"))
     assert cached_modules(agent.data_dir) == {older_sha["sha256"]}
     assert agent.runtime.functions()["hello"].version == "1.0.0"
+
+
+async def test_a_module_lost_from_the_cache_is_fetched_again(
+    control_plane: ControlPlane, make_agent: Any, tmp_path: Any
+) -> None:
+    """A node whose module file vanished (disk fault) asks for a full plan and heals."""
+    from agent_support import new_agent
+
+    cp = control_plane
+    module = await cp.upload("hello", "1.0.0", hello("v1"))
+    first = await new_agent(cp, tmp_path / "edge-1")
+    await sync_until(cp, [first], State.want(0, hello="1.0.0"))
+    await first.close()
+    (first.data_dir / "artifacts" / "sha256" / f"{module['sha256']}.wasm").unlink()
+
+    agent = await make_agent("edge-1")  # the same data dir: restarts the same node
+    assert agent.node_id == first.node_id
+    assert "hello" not in agent.runtime.functions()  # nothing to serve it from
+    await agent.sync_once()
+    assert cached_modules(agent.data_dir) == {module["sha256"]}
+    async with local_gateway(agent.runtime) as gateway:
+        assert (await gateway_call(gateway, "hello"))[:2] == (200, greeting("v1"))
+    assert db_state(agent.data_dir / "edge.db") == State.want(0, hello="1.0.0")
+    assert (await cp.history(agent.node_id))[0]["sync_type"] == "full"
