@@ -92,8 +92,10 @@ class ControlPlane:
         _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/heartbeat", body)
         return dict(answer)
 
-    async def rotate_token(self, node_id: str) -> dict[str, Any]:
-        _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/token/rotate", {})
+    async def rotate_token(self, node_id: str, jti: str) -> dict[str, Any]:
+        """Rotate to a token with id ``jti`` (chosen by us, so a lost answer can be asked again)."""
+        body = {"jti": jti}
+        _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/token/rotate", body)
         return dict(answer)
 
     async def plan(self, node_id: str, etag: str | None, *, full: bool = False) -> Plan | None:

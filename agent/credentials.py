@@ -20,6 +20,9 @@ class Credentials:
     name: str
     poll_interval_seconds: int = 30
     mqtt: dict[str, Any] | None = None
+    # Set before a token rotation and cleared once the new token is saved: after
+    # a crash or a lost answer, the same rotation is asked for again.
+    pending_jti: str | None = None
 
     @classmethod
     def load(cls, data_dir: Path) -> Credentials | None:

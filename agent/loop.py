@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,16 +269,20 @@ class Agent:
 
     async def _maybe_rotate(self) -> None:
         assert self.api is not None and self.credentials is not None
-        issued, expires = _token_lifetime(self.credentials.token)
-        if expires is None:
-            return
-        lifetime = expires - (issued if issued is not None else expires - 90 * 86400)
-        remaining = expires - self.clock.time()
-        if remaining > min(ROTATE_AT_MOST_SECONDS, lifetime * ROTATE_AT_REMAINING):
-            return
-        answer = await self.api.rotate_token(self.node_id)
+        if self.credentials.pending_jti is None:  # else: finish an interrupted rotation
+            issued, expires = _token_lifetime(self.credentials.token)
+            if expires is None:
+                return
+            lifetime = expires - (issued if issued is not None else expires - 90 * 86400)
+            remaining = expires - self.clock.time()
+            if remaining > min(ROTATE_AT_MOST_SECONDS, lifetime * ROTATE_AT_REMAINING):
+                return
+            self.credentials.pending_jti = uuid.uuid4().hex
+            self.credentials.save(self.data_dir)  # before asking: the answer may be lost
+        answer = await self.api.rotate_token(self.node_id, self.credentials.pending_jti)
         self.credentials.token = answer["token"]
         self.credentials.token_expires_at = answer["token_expires_at"]
+        self.credentials.pending_jti = None
         self.credentials.save(self.data_dir)
         self.api.token = self.credentials.token
         log.info("node token rotated; new one expires %s", self.credentials.token_expires_at)

@@ -46,6 +46,7 @@ class Principal:
     node_id: str | None = None
     jti: str | None = None
     stamp: NodeStamp | None = None
+    previous: bool = False  # a rotated-away token, admitted only to repeat its rotation
 
     @property
     def is_admin(self) -> bool:
@@ -106,7 +107,12 @@ class Authority:
 
     # -- per request ----------------------------------------------------------------
 
-    async def authenticate(self, header: str | None) -> Principal:
+    async def authenticate(self, header: str | None, *, allow_previous: bool = False) -> Principal:
+        """The caller behind an ``Authorization`` header.
+
+        ``allow_previous`` (the rotation route only) also admits the node's
+        rotated-away token, flagged ``previous``: it may repeat its rotation.
+        """
         scheme, _, token = (header or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -120,10 +126,12 @@ class Authority:
             self._verified.pop(token, None)
             raise Unauthorized("token has expired")
         stamp = await self._store.node_stamp(verified.node_id)
-        if stamp is None or stamp.token_jti != verified.jti:
-            self._verified.pop(token, None)
-            raise Unauthorized("token has been rotated or its node is gone")
-        return Principal("node", verified.node_id, verified.jti, stamp)
+        if stamp is not None and stamp.token_jti == verified.jti:
+            return Principal("node", verified.node_id, verified.jti, stamp)
+        if allow_previous and stamp is not None and stamp.previous_token_jti == verified.jti:
+            return Principal("node", verified.node_id, verified.jti, stamp, previous=True)
+        self._verified.pop(token, None)
+        raise Unauthorized("token has been rotated or its node is gone")
 
     def _decode(self, token: str) -> _Verified:
         import jwt
@@ -145,10 +153,10 @@ class Authority:
 
     # -- node tokens ----------------------------------------------------------------
 
-    def issue_node_token(self, node_id: str, now: datetime) -> IssuedToken:
+    def issue_node_token(self, node_id: str, now: datetime, jti: str | None = None) -> IssuedToken:
         import jwt
 
-        jti = uuid.uuid4().hex
+        jti = jti or uuid.uuid4().hex
         expires_at = now + self.node_token_ttl
         token = jwt.encode(
             {

@@ -118,7 +118,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         signed_download = path.endswith("/download") and "sig" in request.query
         if header is not None or not signed_download:
             authority = request.app[SERVICES].authority
-            request[PRINCIPAL] = await authority.authenticate(header)
+            rotation = path.endswith("/token/rotate") and request.method == "POST"
+            request[PRINCIPAL] = await authority.authenticate(header, allow_previous=rotation)
     return await handler(request)
 
 

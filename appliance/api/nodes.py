@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from edgesync.protocol import format_time, utcnow
 routes = web.RouteTableDef()
 
 NODE_STATUSES = ("online", "offline", "syncing")
+JTI_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def _labels(body: dict[str, Any]) -> dict[str, str]:
@@ -108,9 +110,14 @@ async def rotate_token(request: web.Request) -> web.Response:
     node_id = request.match_info["node_id"]
     caller = principal(request)
     caller.require_node(node_id)
-    await read_json(request, allow_empty=True)
+    body = await read_json(request, allow_empty=True)
+    wanted = body.get("jti")  # chosen by the node, so that it can repeat a lost rotation
+    if wanted is not None and (not isinstance(wanted, str) or not JTI_RE.fullmatch(wanted)):
+        raise ValidationFailed("jti must be 32 lowercase hex digits", details={"field": "jti"})
+    if caller.previous and wanted is None:
+        raise Unauthorized("token has been rotated already")
     svc = services(request)
-    issued = svc.authority.issue_node_token(node_id, utcnow())
+    issued = svc.authority.issue_node_token(node_id, utcnow(), wanted)
     assert caller.jti is not None
     rotated = await svc.store.rotate_token(
         node_id, caller.jti, issued.jti, token_digest(issued.token), format_time(issued.expires_at)

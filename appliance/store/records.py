@@ -205,6 +205,8 @@ class NodeStamp:
     token_jti: str
     state_seq: int
     generation: int
+    # The token rotated away last: it may only repeat that rotation (see auth.py).
+    previous_token_jti: str | None = None
 
 
 @dataclass

@@ -148,4 +148,11 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         );
         """,
     ),
+    ControlPlaneMigration(
+        5,
+        "recoverable token rotation: the token rotated away, for an idempotent retry",
+        """
+        ALTER TABLE nodes ADD COLUMN previous_token_jti TEXT;
+        """,
+    ),
 )

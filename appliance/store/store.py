@@ -278,13 +278,19 @@ class Store:
                 return stamp
         epoch = self._epoch
         row = await self.db.fetchone(
-            "SELECT n.token_jti, n.state_seq, f.generation FROM nodes n, fleet_state f"
-            " WHERE n.id = ? AND f.id = 1",
+            "SELECT n.token_jti, n.previous_token_jti, n.state_seq, f.generation"
+            " FROM nodes n, fleet_state f WHERE n.id = ? AND f.id = 1",
             (node_id,),
         )
         if row is None:
             return None
-        stamp = NodeStamp(node_id, row["token_jti"], int(row["state_seq"]), int(row["generation"]))
+        stamp = NodeStamp(
+            node_id,
+            row["token_jti"],
+            int(row["state_seq"]),
+            int(row["generation"]),
+            row["previous_token_jti"],
+        )
         if not self.db.shared and epoch == self._epoch:
             self._stamps[node_id] = stamp
         return stamp
@@ -444,13 +450,20 @@ class Store:
     async def rotate_token(
         self, node_id: str, old_jti: str, new_jti: str, token_hash: str, expires_at: str
     ) -> bool:
-        """Swap the node's token id; False when ``old_jti`` was already rotated away."""
+        """Replace the token ``old_jti`` by ``new_jti``; False when that is not allowed.
+
+        Repeating a rotation is allowed: presented with the token it rotated away
+        and asking for the very ``new_jti`` it installed (which only the node that
+        chose it knows), the rotation is re-done, so a node whose answer was lost
+        is not locked out. Any other use of a rotated-away token is refused.
+        """
 
         async def rotate(tx: Connection) -> bool:
             changed = await tx.execute(
-                "UPDATE nodes SET token_jti = ?, token_hash = ?, token_expires_at = ?"
-                " WHERE id = ? AND token_jti = ?",
-                (new_jti, token_hash, expires_at, node_id, old_jti),
+                "UPDATE nodes SET token_jti = ?, token_hash = ?, token_expires_at = ?,"
+                " previous_token_jti = ?"
+                " WHERE id = ? AND (token_jti = ? OR (previous_token_jti = ? AND token_jti = ?))",
+                (new_jti, token_hash, expires_at, old_jti, node_id, old_jti, old_jti, new_jti),
             )
             return changed == 1
 

@@ -72,3 +72,38 @@ async def rotation(cp: ControlPlane, agent: Agent, clock: FakeClock) -> None:
     await cp.upload("hello", "1.1.0", hello("v2"))
     await sync_until(cp, [agent], State.want(0, hello="1.1.0"))
     assert agent.credentials.token == new_token
+
+
+async def test_a_rotation_whose_answer_was_lost_is_finished_after_a_restart(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The agent saves the jti it asks for before asking: a lost answer cannot lock it out."""
+    cp = control_plane
+    await cp.upload("hello", "1.0.0", hello("v1"))
+    agent = await new_agent(cp, tmp_path / "edge-1")
+    await sync_until(cp, [agent], State.want(0, hello="1.0.0"))
+    old_token = agent.credentials.token
+    # The agent chose a jti and saved it; the server rotated; the answer never arrived.
+    agent.credentials.pending_jti = "0f" * 16
+    agent.credentials.save(agent.data_dir)
+    status, _ = await cp.call(
+        "POST",
+        f"/api/v1/nodes/{agent.node_id}/token/rotate",
+        json={"jti": "0f" * 16},
+        token=old_token,
+    )
+    assert status == 200
+    await agent.close()
+
+    again = await new_agent(cp, agent.data_dir, enroll=False)
+    try:
+        assert again.credentials.token == old_token  # the one the server retired
+        assert (await again.sync_once()).ok  # finishes the rotation, then syncs
+        assert again.credentials.token != old_token
+        assert again.credentials.pending_jti is None
+        saved = json.loads((again.data_dir / "node.json").read_text())
+        assert saved["token"] == again.credentials.token and saved["pending_jti"] is None
+        await cp.upload("hello", "2.0.0", hello("v2"))
+        await sync_until(cp, [again], State.want(0, hello="2.0.0"))
+    finally:
+        await again.close()

@@ -113,6 +113,35 @@ async def test_rotated_away_token_is_401(api: Api) -> None:
     await expect_error(again, 401, "UNAUTHORIZED")
 
 
+async def test_a_lost_rotation_answer_can_be_asked_for_again(api: Api) -> None:
+    """The node chooses the new jti; with the old token it may repeat exactly that rotation."""
+    import jwt
+
+    node = await api.register()
+    path = f"/api/v1/nodes/{node.id}/token/rotate"
+    chosen = "ab" * 16
+    first = await api.json("POST", path, json={"jti": chosen}, headers=node.headers)
+    assert jwt.decode(first["token"], options={"verify_signature": False})["jti"] == chosen
+    await assert_all_401(api, node, node.token)  # the old token opens nothing else
+    # The answer was lost: the old token asks for the same rotation and gets it.
+    again = await api.json("POST", path, json={"jti": chosen}, headers=node.headers)
+    assert jwt.decode(again["token"], options={"verify_signature": False})["jti"] == chosen
+    assert (await api.plan(Node(node.id, again["token"], node.body)))["etag"]
+    assert (await api.plan(Node(node.id, first["token"], node.body)))["etag"]
+    # But it cannot choose another token, nor rotate without naming the one it chose.
+    other = await api.post(path, json={"jti": "cd" * 16}, headers=node.headers)
+    await expect_error(other, 401, "UNAUTHORIZED")
+    await expect_error(await api.post(path, json={}, headers=node.headers), 401, "UNAUTHORIZED")
+
+
+async def test_a_chosen_jti_must_be_32_hex_digits(api: Api) -> None:
+    node = await api.register()
+    path = f"/api/v1/nodes/{node.id}/token/rotate"
+    for bad in ("short", "AB" * 16, 42, "g" * 32):
+        response = await api.post(path, json={"jti": bad}, headers=node.headers)
+        await expect_error(response, 400, "VALIDATION_FAILED")
+
+
 async def test_rotation_with_an_empty_body(api: Api) -> None:
     node = await api.register()
     response = await api.post(f"/api/v1/nodes/{node.id}/token/rotate", headers=node.headers)
