@@ -80,14 +80,18 @@ def push_listener(config: AgentConfig, agent: Agent) -> PushListener | None:
     topics = told.get("topics")
     if not topics or not all(isinstance(topic, str) for topic in topics):
         topics = node_topics(credentials.node_id)
-    listener = PushListener(
-        str(url),
-        list(topics),
-        credentials.node_id,
-        token=lambda: credentials.token,
-        nudge=agent.wake.set,
-        ca_file=config.ca_file,
-    )
+    try:
+        listener = PushListener(
+            str(url),
+            list(topics),
+            credentials.node_id,
+            token=lambda: credentials.token,
+            nudge=agent.wake.set,
+            ca_file=config.ca_file,
+        )
+    except ValueError as exc:  # e.g. a scheme this agent does not speak: poll only
+        log.warning("MQTT push off: %s", exc)
+        return None
     agent.token_listeners.append(listener.credentials_changed)
     log.info("MQTT push from %s", listener.address.public_url)
     return listener

@@ -42,7 +42,10 @@ def checkpoint(data_dir: Path) -> Callable[[str], None]:
 
     def reached(point: str) -> None:
         if point in wanted:
-            (data_dir / f".paused-{point}").write_text(str(os.getpid()))
+            marker = data_dir / f".paused-{point}"
+            partial = marker.with_suffix(".tmp")
+            partial.write_text(str(os.getpid()))
+            os.replace(partial, marker)  # a test never reads it half written
             while True:  # blocks the thread it runs in, on purpose: the test kills us here
                 time.sleep(3600)
 

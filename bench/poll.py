@@ -74,7 +74,7 @@ class PollSettings:
     # A run in which the server got less of its core than this was disturbed by
     # other processes: it is repeated (at most ``retries`` times in all).
     min_core_share: float = 0.9
-    max_foreign_load: float = 0.1  # cores used by other processes during a run
+    max_foreign_load: float = 0.2  # cores used by other processes during a run
     retries: int = 3
     # Before each measured run, wait up to this long for other processes to calm down.
     quiet_wait: float = 30.0
@@ -100,6 +100,7 @@ class WrkRun:
     socket_errors: int
     server_cpu_s: float  # CPU time the server process used during the run
     foreign_cpu_s: float  # CPU time neither the server nor wrk used (other processes)
+    interfered: bool = False  # other processes disturbed it (see PollSettings.undisturbed)
 
     @property
     def cpu_share(self) -> float:
@@ -121,26 +122,38 @@ class TargetResult:
     name: str
     runs: list[WrkRun] = field(default_factory=list)
     disturbed: list[WrkRun] = field(default_factory=list)  # repeated, not in the medians
+    # Set once both servers are measured: use only undisturbed runs when both have one
+    # (comparing clean runs of one with disturbed runs of the other would be unfair).
+    only_clean: bool = False
+
+    @property
+    def clean(self) -> list[WrkRun]:
+        return [r for r in self.runs if not r.interfered]
+
+    @property
+    def counted(self) -> list[WrkRun]:
+        """The runs the medians use."""
+        return self.clean if self.only_clean else self.runs
 
     @property
     def rps(self) -> float:
-        return statistics.median(r.rps for r in self.runs)
+        return statistics.median(r.rps for r in self.counted)
 
     @property
     def p50_ms(self) -> float:
-        return statistics.median(r.p50_ms for r in self.runs)
+        return statistics.median(r.p50_ms for r in self.counted)
 
     @property
     def p99_ms(self) -> float:
-        return statistics.median(r.p99_ms for r in self.runs)
+        return statistics.median(r.p99_ms for r in self.counted)
 
     @property
     def cpu_us_per_request(self) -> float:
-        return statistics.median(r.cpu_us_per_request for r in self.runs)
+        return statistics.median(r.cpu_us_per_request for r in self.counted)
 
     @property
     def cpu_share(self) -> float:
-        return min(r.cpu_share for r in self.runs)
+        return min(r.cpu_share for r in self.counted)
 
 
 @dataclass
@@ -168,9 +181,7 @@ class PollResult:
     @property
     def disturbed(self) -> bool:
         """Whether a run counted in the medians was disturbed (the retries ran out)."""
-        return not all(
-            self.settings.undisturbed(r) for t in (self.bare, self.edgesync) for r in t.runs
-        )
+        return any(r.interfered for t in (self.bare, self.edgesync) for r in t.counted)
 
     @property
     def all_304(self) -> bool:
@@ -390,13 +401,15 @@ def run(workdir: Path, settings: PollSettings, log: Any = print) -> PollResult:
                         f"  (server got {measured.cpu_share:.0%} of its core;"
                         f" other processes used {measured.foreign_load:.2f} cores)"
                     )
-                    if settings.undisturbed(measured) or retries <= 0:
+                    measured.interfered = not settings.undisturbed(measured)
+                    if not measured.interfered or retries <= 0:
                         outcome.runs.append(measured)
                         break
                     retries -= 1
                     outcome.disturbed.append(measured)
                     log("    disturbed by other processes: repeating this run")
         after = serve.metrics()
+    base_result.only_clean = edge.only_clean = bool(base_result.clean and edge.clean)
 
     def delta(name: str, *labels: str, since: dict[str, float] = warm) -> int:
         return round(metric_sum(after, name, *labels) - metric_sum(since, name, *labels))
@@ -418,7 +431,9 @@ def summary_lines(result: PollResult) -> list[str]:
     bare, edge, settings = result.bare, result.edgesync, result.settings
     lines = [
         f"no-change polls (wrk -t1 -c{settings.connections}, "
-        f"{settings.runs} x {settings.duration:g} s, median):",
+        f"{settings.runs} x {settings.duration:g} s, median of"
+        f" {len(bare.counted)} + {len(edge.counted)}"
+        f" {'undisturbed ' if edge.only_clean else ''}runs):",
         *(
             f"  {t.name:14s} {t.rps:9.0f} req/s  p50 {t.p50_ms:6.2f} ms  p99 {t.p99_ms:6.2f} ms"
             f"  {t.cpu_us_per_request:5.1f} µs server CPU/req"
@@ -437,7 +452,7 @@ def summary_lines(result: PollResult) -> list[str]:
         lines.append(f"  repeated       {repeated} run(s) disturbed by other processes")
     if result.disturbed:
         lines.append(
-            "  warning: some counted runs were disturbed by other processes (retries ran"
+            "  warning: all runs of a server were disturbed by other processes (retries ran"
             " out): requests/s are unreliable, the per-CPU-second ratio is the fairer figure"
         )
     return lines

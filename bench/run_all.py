@@ -28,6 +28,15 @@ from bench import poll, upload_rss
 from bench.common import REPO, BenchError, background_load, machine_info, mib
 
 DOC = REPO / "docs" / "benchmarks.md"
+# Benchmarks 4-8 (agent and backends): modules of bench/ that also run alone; each
+# writes its own marker-delimited block of docs/benchmarks.md and bench/out/NAME.json.
+EXTRA = {
+    "poll-pg": "poll_postgres",
+    "gateway": "gateway_invoke",
+    "apply": "apply_plan",
+    "agent-rss": "agent_rss",
+    "s3": "s3_transfer",
+}
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
 
@@ -52,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_float(env("EDGESYNC_BENCH_QUIET_WAIT")),
         help="seconds to wait, before each poll run, for other processes to calm down",
     )
-    parser.add_argument("--only", choices=["poll", "upload"], help="run one benchmark")
+    parser.add_argument("--only", choices=["poll", "upload", *EXTRA], help="run one benchmark")
     docs = parser.add_mutually_exclusive_group()
     docs.add_argument("--write-docs", dest="write_docs", action="store_true", default=None)
     docs.add_argument("--no-write-docs", dest="write_docs", action="store_false")
@@ -121,7 +130,9 @@ def results_markdown(
             "",
             f"`wrk -t1 -c{s.connections} -d{s.duration:g}s --latency` on core {s.client_cpu},"
             f" servers on core {s.server_cpu}; {s.warmup:g} s warm-up each, then"
-            f" {s.runs} interleaved run(s) each; medians.",
+            f" {s.runs} interleaved run(s) each; medians of"
+            f" {'the undisturbed ones' if edge.only_clean else 'all of them'}"
+            f" ({len(bare.counted)} bare, {len(edge.counted)} edgesync).",
             "",
             "| server | requests/s | share of bare | p50 | p99 | server CPU per poll |"
             " lowest core share |",
@@ -146,7 +157,7 @@ def results_markdown(
             f" {len(bare.disturbed) + len(edge.disturbed)} (not in the medians).",
             *(
                 [
-                    "* **Warning:** some runs in the medians were disturbed by other processes"
+                    "* **Warning:** all runs of a server were disturbed by other processes"
                     " (the retries ran out): the requests/s figures are unreliable; the"
                     " per-CPU-second ratio is the fairer one. Rerun on a quiet machine."
                 ]
@@ -212,8 +223,20 @@ def write_docs(section: str) -> None:
 # -- main -------------------------------------------------------------------------------
 
 
+def run_extra(names: list[str], *, quick: bool, write: bool) -> int:
+    import importlib
+
+    status = 0
+    for name in names:
+        module = importlib.import_module(f"bench.{EXTRA[name]}")
+        status = module.from_run_all(quick=quick, write=write) or status
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.only in EXTRA:
+        return run_extra([args.only], quick=args.quick, write=args.write_docs)
     machine = machine_info()
     mode = "quick" if args.quick else "full"
     print(
@@ -260,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is None:  # MQTT push: bench/mqtt_convergence.py, its own section of the docs
         from bench import mqtt_convergence
 
-        return mqtt_convergence.from_run_all(quick=args.quick, write=args.write_docs)
+        status = run_extra(list(EXTRA), quick=args.quick, write=args.write_docs)
+        return mqtt_convergence.from_run_all(quick=args.quick, write=args.write_docs) or status
     return 0
 
 

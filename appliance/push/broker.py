@@ -91,6 +91,7 @@ class EmbeddedBroker:
             await broker.start()
         except BrokerError as exc:
             raise RuntimeError(f"cannot start the MQTT broker: {exc}") from exc
+        self._broker = broker
         try:
             self._server = await asyncio.start_server(
                 self._connected,
@@ -100,11 +101,11 @@ class EmbeddedBroker:
                 reuse_address=True,
             )
         except OSError as exc:
+            self._broker = None
             await broker.shutdown()
             raise OSError(
                 f"cannot start the MQTT broker on {self.host}:{self.requested_port}: {exc}"
             ) from exc
-        self._broker = broker
         log.info("MQTT broker listening on %s://%s:%s", self.scheme, self.host, self.port)
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

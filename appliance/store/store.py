@@ -536,8 +536,13 @@ class Store:
         await self._write(release)
 
     async def function_exists(self, name: str, version: str) -> bool:
+        """Whether ``(name, version)`` is taken: uploaded (deleted since or not), or
+        claimed by a live upload. A stale claim does not count: the next upload
+        takes it over (:meth:`reserve_function`), so it must get that far."""
         row = await self.db.fetchone(
-            "SELECT id FROM functions WHERE name = ? AND version = ?", (name, version)
+            "SELECT id FROM functions WHERE name = ? AND version = ?"
+            " AND (status <> 'uploading' OR created_at >= ?)",
+            (name, version, format_time(_now() - STALE_UPLOAD)),
         )
         return row is not None
 

@@ -200,3 +200,20 @@ async def test_plugin_refuses_to_start_without_an_authority() -> None:
 
     with pytest.raises(PluginInitError):
         Broker({"plugins": {"appliance.push.access.NodeAccessPlugin": {}}})
+
+
+async def test_a_connection_that_does_not_log_in_is_closed(plane: Plane) -> None:
+    """Unauthenticated connections cannot pile up: no CONNECT in time, no connection."""
+    assert plane.push.embedded is not None
+    plane.push.embedded.connect_timeout = 0.5
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", plane.mqtt_port)
+    half_reader, half = await asyncio.open_connection("127.0.0.1", plane.mqtt_port)
+    half.write(b"\x10\x40\x00\x04MQ")  # a CONNECT that never ends
+    try:
+        for reader in (silent_reader, half_reader):
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the broker
+        node = await plane.register()
+        assert await logs_in(plane, node)  # a prompt login is not affected
+    finally:
+        for writer in (silent, half):
+            writer.close()

@@ -205,6 +205,10 @@ async def test_the_listener_is_wired_from_the_registration(plane: Plane, tmp_pat
         agent.config.mqtt_url = "mqtt://broker.example.com:1884"
         overridden = push_listener(agent.config, agent)
         assert overridden is not None and overridden.address.host == "broker.example.com"
+        agent.config.mqtt_url = None
+        assert agent.credentials is not None
+        agent.credentials.mqtt = {"url": "ws://broker.example.com/mqtt", "topics": []}
+        assert push_listener(agent.config, agent) is None  # a scheme it cannot speak
     finally:
         await agent.close()
 

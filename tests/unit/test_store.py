@@ -528,8 +528,10 @@ async def test_a_live_claim_refuses_a_second_upload_and_a_stale_one_is_taken_ove
     await store.reserve_function(crashed, utcnow() - timedelta(hours=1))
     with pytest.raises(FunctionExists):  # a fresh claim of the same version is live
         await store.reserve_function(function(), utcnow() - timedelta(hours=1))
+    # An hour later the claim is stale: the API's pre-check lets the upload through.
+    assert not await store.function_exists("hello", "1.0")
     retry = function()
-    await store.reserve_function(retry, utcnow())  # an hour later: the claim is stale
+    await store.reserve_function(retry, utcnow())  # ... and it takes the claim over
     await store.publish_function(retry.id)
     assert (await store.get_function(retry.id)).sha256 == retry.sha256
 
