@@ -1,0 +1,93 @@
+"""Fixtures of the degraded-dependency tests: a PostgreSQL server and an S3
+server that each test may stop and start, and in-process apps over them.
+
+``private_postgres`` is one cluster for the session (``initdb`` costs about a
+second); every test gets a database of its own on it (``pg``) and finds the
+server running, whatever the previous test left. ``own_moto`` is an S3 server
+for one test. Without PostgreSQL binaries or moto the tests skip, and fail
+under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from degraded_support import (
+    ADMIN_TOKEN,
+    Api,
+    AppFactory,
+    PgDatabase,
+    PostgresUnavailable,
+    PrivatePostgres,
+    in_ci,
+)
+from s3.support import MotoServer
+
+from appliance.app import make_app
+from appliance.config import ServeConfig
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    try:
+        server = PrivatePostgres.create()
+    except PostgresUnavailable as exc:
+        reason = f"cannot run a private PostgreSQL: {exc}"
+        if in_ci():
+            pytest.fail(f"{reason} (CI=true: the degraded-dependency tests may not be skipped)")
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg(private_postgres: PrivatePostgres) -> Iterator[PgDatabase]:
+    """An empty database on the running private server (restarted if a test left it down)."""
+    private_postgres.ensure_running()
+    database = PgDatabase(private_postgres, private_postgres.create_database())
+    try:
+        yield database
+    finally:
+        private_postgres.ensure_running()
+        private_postgres.drop_database(database.name)
+
+
+@pytest.fixture
+def own_moto(tmp_path: Path) -> Iterator[MotoServer]:
+    """An S3 server for this test alone: it may be stopped and started again."""
+    server = MotoServer.launch(tmp_path / "own-moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_replica(pg: PgDatabase, aiohttp_client: Any, tmp_path: Path) -> AppFactory:
+    """In-process apps on ``pg`` (``ServeConfig`` overrides); each has its own data dir.
+
+    Two of them on one database are two replicas of one deployment. (``pg``
+    comes first: its database is dropped only after the apps are closed.)
+    """
+    count = 0
+
+    async def build(**overrides: Any) -> Api:
+        nonlocal count
+        count += 1
+        settings: dict[str, Any] = {
+            "data_dir": tmp_path / f"replica-{count}",
+            "admin_token": ADMIN_TOKEN,
+            "bcrypt_rounds": 4,
+            "database_url": pg.url(),
+            **overrides,
+        }
+        config = ServeConfig(**settings)
+        client = await aiohttp_client(make_app(config))
+        return Api(client, config)
+
+    return build
