@@ -3,6 +3,8 @@ several apps in one test process never share counters)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -12,6 +14,7 @@ SYNC_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._request_children: dict[tuple[str, str, int], Any] = {}
         r = self.registry
         self.nodes = Gauge("edgesync_nodes", "Registered nodes by status", ["status"], registry=r)
         self.syncs = Counter(
@@ -68,3 +71,13 @@ class Metrics:
             "bcrypt hash or verify calls (never on the poll path)",
             registry=r,
         )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one API request; the labelled child is looked up once per label set
+        (prometheus-client's ``labels()`` costs microseconds: this is the poll path)."""
+        key = (method, route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.api_latency.labels(method, route, str(status))
+            self._request_children[key] = child
+        child.observe(seconds)

@@ -53,7 +53,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         elapsed = time.perf_counter() - started
         route = _route_name(request)
-        request.app[METRICS].api_latency.labels(request.method, route, str(status)).observe(elapsed)
+        request.app[METRICS].observe_request(request.method, route, status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             caller = request.get(PRINCIPAL)
             # Only the path: query strings carry download signatures.

@@ -79,6 +79,8 @@ class SyncService:
         self._target: tuple[int, TargetSpec] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._delivery = delivery
+        self._not_modified = metrics.plans.labels("not_modified")  # bound once: hot path
+        self._full = metrics.plans.labels("full")
         self._presign = presign
 
     async def plan(
@@ -107,9 +109,9 @@ class SyncService:
 
     def _answer(self, cached: _CachedPlan, if_none_match: str | None) -> PlanResponse:
         if etag_matches(cached.etag, if_none_match):
-            self._metrics.plans.labels("not_modified").inc()
+            self._not_modified.inc()
             return PlanResponse(cached.etag, None)
-        self._metrics.plans.labels("full").inc()
+        self._full.inc()
         return PlanResponse(cached.etag, cached.body)
 
     async def _build(
