@@ -39,6 +39,8 @@ def etag_matches(etag: str, if_none_match: str | None) -> bool:
     """RFC 9110 weak comparison against an ``If-None-Match`` list (or ``*``)."""
     if not if_none_match:
         return False
+    if if_none_match == etag:  # what agents send: decided without parsing
+        return True
     if if_none_match.strip() == "*":
         return True
     candidates = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
@@ -84,7 +86,7 @@ class SyncService:
         self._presign = presign
 
     async def plan(
-        self, stamp: NodeStamp, if_none_match: str | None, base_url: str
+        self, stamp: NodeStamp, if_none_match: str | None, base_url: Callable[[], str]
     ) -> PlanResponse:
         key = (stamp.generation, stamp.state_seq)
         cached = self._fresh(stamp.node_id, key)
@@ -115,7 +117,11 @@ class SyncService:
         return PlanResponse(cached.etag, cached.body)
 
     async def _build(
-        self, stamp: NodeStamp, key: tuple[int, int], if_none_match: str | None, base_url: str
+        self,
+        stamp: NodeStamp,
+        key: tuple[int, int],
+        if_none_match: str | None,
+        base_url: Callable[[], str],
     ) -> _CachedPlan:
         node = await self._store.get_node(stamp.node_id)
         target = await self._target_spec(stamp.generation)
@@ -123,7 +129,7 @@ class SyncService:
         body: bytes | None = None
         # A node that already holds this exact plan needs no new sync record.
         if not etag_matches(draft.etag, if_none_match):
-            body = await self._render(stamp.node_id, draft, base_url)
+            body = await self._render(stamp.node_id, draft, base_url())
         cached = _CachedPlan(key, draft.etag, body, time.monotonic())
         if len(self._plans) >= CACHE_LIMIT:
             self._plans.pop(next(iter(self._plans)))

@@ -8,5 +8,6 @@ from appliance.api import functions, nodes, ops, schemas, sync, tokens
 
 
 def setup_routes(app: web.Application) -> None:
-    for module in (nodes, sync, functions, schemas, tokens, ops):
+    # sync first: the router tries resources in order, and polls are most requests.
+    for module in (sync, nodes, functions, schemas, tokens, ops):
         app.router.add_routes(module.routes)

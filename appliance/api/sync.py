@@ -18,9 +18,12 @@ async def get_plan(request: web.Request) -> web.Response:
     caller.require_node(node_id)
     assert caller.stamp is not None
     svc = services(request)
-    origin = base_url(request, svc.config.public_url)
+
+    def origin() -> str:  # only a rendered plan needs it, never a 304
+        return base_url(request, svc.config.public_url)
+
     if request.query.get("full") in ("1", "true"):
-        answer = await svc.sync.full_plan(caller.stamp, origin)
+        answer = await svc.sync.full_plan(caller.stamp, origin())
     else:
         answer = await svc.sync.plan(caller.stamp, request.headers.get("If-None-Match"), origin)
     if answer.body is None:
