@@ -96,7 +96,7 @@ async def test_large_module_goes_up_as_multipart(moto: MotoServer, tmp_path: Pat
         parts = -(-len(data) // PART_SIZE)
         # S3's ETag of a multipart object is "<md5 of the part md5s>-<part count>".
         assert stat.etag.endswith(f"-{parts}"), stat.etag
-        assert parts == 3
+        assert parts > 1
         assert hashlib.sha256(await collect(store, KEY)).digest() == hashlib.sha256(data).digest()
     finally:
         ticker.cancel()
