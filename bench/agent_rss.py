@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,13 +49,12 @@ from bench.common import (
 )
 from bench.support import (
     Process,
+    Report,
     echo_module,
     median,
     run_header,
-    save_json,
     spawned,
     wait_until,
-    write_block,
 )
 
 KEY, HEADING = "agent-rss", "6. Agent idle RSS: results"
@@ -272,20 +270,13 @@ def results_markdown(result: RssResult, mode: str) -> str:
     return "\n".join(out)
 
 
+REPORT = Report(KEY, HEADING, "edgesync-bench-rss-", summary_lines, results_markdown)
+
+
 def from_run_all(*, quick: bool, write: bool, json_path: Path | None = None) -> int:
     print("agent idle RSS:")
     settings = Settings.quick() if quick else Settings()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-rss-") as tmp:
-        try:
-            result = run(Path(tmp), settings)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    save_json(KEY, result.to_dict(), json_path)
-    if write:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if quick else "full"))
-    return 0
+    return REPORT(lambda tmp: run(tmp, settings), quick=quick, write=write, json_path=json_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,27 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 s settle, 2 s of samples")
     parser.add_argument("--functions", type=int)
     parser.add_argument("--sample-seconds", type=float)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args(argv)
+    args = REPORT.parse_args(parser, argv)
     settings = Settings.quick() if args.quick else Settings()
     if args.functions is not None:
         settings.functions = args.functions
     if args.sample_seconds is not None:
         settings.sample_seconds = args.sample_seconds
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-rss-") as tmp:
-        try:
-            result = run(Path(tmp), settings)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    print(f"(total {time.monotonic() - started:.0f} s)")
-    save_json(KEY, result.to_dict(), args.json)
-    if args.write_docs:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if args.quick else "full"))
-    return 0
+    return REPORT.from_args(lambda tmp: run(tmp, settings), args)
 
 
 if __name__ == "__main__":

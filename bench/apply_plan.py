@@ -32,7 +32,6 @@ import asyncio
 import functools
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BenchError, Server, background_load, call, edgesync_serve, expect
-from bench.support import echo_module, median, run_header, save_json, wasmedge_command, write_block
+from bench.support import Report, echo_module, median, run_header, wasmedge_command
 
 KEY, HEADING = "apply", "5. Applying a plan: results"
 PHASES = ("plan", "download", "compile", "transaction", "ack", "other")
@@ -408,20 +407,13 @@ def results_markdown(result: ApplyResult, mode: str) -> str:
     return "\n".join(out)
 
 
+REPORT = Report(KEY, HEADING, "edgesync-bench-apply-", summary_lines, results_markdown)
+
+
 def from_run_all(*, quick: bool, write: bool, json_path: Path | None = None) -> int:
     print("apply a plan:")
     settings = Settings.quick() if quick else Settings()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-apply-") as tmp:
-        try:
-            result = run(Path(tmp), settings)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    save_json(KEY, result.to_dict(), json_path)
-    if write:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if quick else "full"))
-    return 0
+    return REPORT(lambda tmp: run(tmp, settings), quick=quick, write=write, json_path=json_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,28 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--functions", type=int)
     parser.add_argument("--migrations", type=int)
     parser.add_argument("--runtime", action="append", choices=["wasmtime", "wasmedge"])
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args(argv)
+    args = REPORT.parse_args(parser, argv)
     settings = Settings.quick() if args.quick else Settings()
     for name in ("repeats", "functions", "migrations"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     if args.runtime:
         settings.runtimes = tuple(args.runtime)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-apply-") as tmp:
-        try:
-            result = run(Path(tmp), settings)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    print(f"(total {time.monotonic() - started:.0f} s)")
-    save_json(KEY, result.to_dict(), args.json)
-    if args.write_docs:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if args.quick else "full"))
-    return 0
+    return REPORT.from_args(lambda tmp: run(tmp, settings), args)
 
 
 if __name__ == "__main__":

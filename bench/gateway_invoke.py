@@ -22,8 +22,6 @@ import argparse
 import hashlib
 import os
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +41,12 @@ from bench.common import (
 )
 from bench.support import (
     LoadRun,
+    Report,
     echo_module,
     median,
     run_header,
-    save_json,
     spawned,
     wasmedge_command,
-    write_block,
     wrk_post,
 )
 
@@ -302,20 +299,13 @@ def results_markdown(result: GatewayResult, mode: str) -> str:
     return "\n".join(out)
 
 
+REPORT = Report(KEY, HEADING, "edgesync-bench-gw-", summary_lines, results_markdown)
+
+
 def from_run_all(*, quick: bool, write: bool, json_path: Path | None = None) -> int:
     print("gateway invoke:")
     settings = Settings.quick() if quick else Settings()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-gw-") as tmp:
-        try:
-            result = run(Path(tmp), settings)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    save_json(KEY, result.to_dict(), json_path)
-    if write:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if quick else "full"))
-    return 0
+    return REPORT(lambda tmp: run(tmp, settings), quick=quick, write=write, json_path=json_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int)
     parser.add_argument("--body-bytes", type=int)
     parser.add_argument("--runtime", action="append", choices=["wasmtime", "wasmedge"])
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args(argv)
+    args = REPORT.parse_args(parser, argv)
     if args.command == "server":
         serve_target(args.runtime, args.port, args.module, args.data_dir)
         return 0
@@ -344,19 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(settings, name, getattr(args, name))
     if args.runtime:
         settings.runtimes = tuple(args.runtime)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-gw-") as tmp:
-        try:
-            result = run(Path(tmp), settings)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    print(f"(total {time.monotonic() - started:.0f} s)")
-    save_json(KEY, result.to_dict(), args.json)
-    if args.write_docs:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if args.quick else "full"))
-    return 0
+    return REPORT.from_args(lambda tmp: run(tmp, settings), args)
 
 
 if __name__ == "__main__":

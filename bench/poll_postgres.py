@@ -28,7 +28,6 @@ import dataclasses
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ from bench.common import (
     require_tools,
     wait_for_quiet,
 )
-from bench.support import run_header, save_json, write_block
+from bench.support import Report, run_header
 
 KEY, HEADING = "poll-postgres", "7. No-change polls on PostgreSQL: results"
 ADMIN_URL_ENV = "EDGESYNC_BENCH_POSTGRES_URL"
@@ -408,19 +407,14 @@ def results_markdown(result: PgPollResult, mode: str) -> str:
     return "\n".join(out)
 
 
+REPORT = Report(KEY, HEADING, "edgesync-bench-pgpoll-", summary_lines, results_markdown)
+
+
 def from_run_all(*, quick: bool, write: bool, json_path: Path | None = None) -> int:
     print("no-change polls on PostgreSQL:")
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-pgpoll-") as tmp:
-        try:
-            result = run(Path(tmp), default_settings(quick))
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    save_json(KEY, result.to_dict(), json_path)
-    if write:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if quick else "full"))
-    return 0
+    return REPORT(
+        lambda tmp: run(tmp, default_settings(quick)), quick=quick, write=write, json_path=json_path
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,26 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float)
     parser.add_argument("--runs", type=int)
     parser.add_argument("--connections", type=int)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args(argv)
+    args = REPORT.parse_args(parser, argv)
     settings = default_settings(args.quick)
     for name in ("duration", "runs", "connections"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-pgpoll-") as tmp:
-        try:
-            result = run(Path(tmp), settings)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    print(f"(total {time.monotonic() - started:.0f} s)")
-    save_json(KEY, result.to_dict(), args.json)
-    if args.write_docs:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if args.quick else "full"))
-    return 0
+    return REPORT.from_args(lambda tmp: run(tmp, settings), args)
 
 
 if __name__ == "__main__":

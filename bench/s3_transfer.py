@@ -36,7 +36,6 @@ import http.client
 import os
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -60,7 +59,7 @@ from bench.common import (
     mib,
     rss_bytes,
 )
-from bench.support import Process, median, run_header, save_json, spawned, write_block
+from bench.support import Process, Report, median, run_header, spawned
 from bench.upload_rss import large_module
 
 KEY, HEADING = "s3", "8. S3 artifact transfer: results"
@@ -375,19 +374,17 @@ def results_markdown(result: S3Result, mode: str) -> str:
     return "\n".join(out)
 
 
+REPORT = Report(KEY, HEADING, "edgesync-bench-s3-", summary_lines, results_markdown)
+
+
 def from_run_all(*, quick: bool, write: bool, json_path: Path | None = None) -> int:
     print("S3 transfer:")
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-s3-") as tmp:
-        try:
-            result = run(Path(tmp), repeats=1 if quick else 2)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    save_json(KEY, result.to_dict(), json_path)
-    if write:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if quick else "full"))
-    return 0
+    return REPORT(
+        lambda tmp: run(tmp, repeats=1 if quick else 2),
+        quick=quick,
+        write=write,
+        json_path=json_path,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,23 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one transfer of each kind")
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args(argv)
+    args = REPORT.parse_args(parser, argv)
     repeats = args.repeats or (1 if args.quick else 2)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="edgesync-bench-s3-") as tmp:
-        try:
-            result = run(Path(tmp), args.size_mib, repeats)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-    print("\n".join(summary_lines(result)))
-    print(f"(total {time.monotonic() - started:.0f} s)")
-    save_json(KEY, result.to_dict(), args.json)
-    if args.write_docs:
-        write_block(KEY, HEADING, results_markdown(result, "quick" if args.quick else "full"))
-    return 0
+    return REPORT.from_args(lambda tmp: run(tmp, args.size_mib, repeats), args)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,20 @@ benchmark's own marker-delimited block of ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from bench.common import REPO, BenchError, busy_seconds, machine_info, pinned, wait_http
 
@@ -296,3 +299,61 @@ def save_json(name: str, data: Any, path: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return target
+
+
+class _Result(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=_Result)
+
+
+@dataclass(frozen=True)
+class Report(Generic[R]):
+    """How one benchmark reports: its block of docs/benchmarks.md (``key``, ``heading``),
+    its scratch directory's prefix, its summary lines and its markdown section."""
+
+    key: str
+    heading: str
+    tmp_prefix: str
+    summary: Callable[[R], list[str]]
+    markdown: Callable[[R, str], str]
+
+    def __call__(
+        self,
+        run: Callable[[Path], R],
+        *,
+        quick: bool,
+        write: bool,
+        json_path: Path | None = None,
+        timed: bool = False,
+    ) -> int:
+        """``run(scratch_dir)``; print its summary (and, ``timed``, the total seconds),
+        save its JSON (``json_path`` or bench/out/KEY.json) and, with ``write``, its
+        block of docs/benchmarks.md. 1 when the benchmark failed (BenchError), else 0."""
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=self.tmp_prefix) as tmp:
+            try:
+                result = run(Path(tmp))
+            except BenchError as exc:
+                print(f"benchmark failed: {exc}", file=sys.stderr)
+                return 1
+        print("\n".join(self.summary(result)))
+        if timed:
+            print(f"(total {time.monotonic() - started:.0f} s)")
+        save_json(self.key, result.to_dict(), json_path)
+        if write:
+            write_block(self.key, self.heading, self.markdown(result, "quick" if quick else "full"))
+        return 0
+
+    @staticmethod
+    def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+        """``parser`` with the options every benchmark ends with (``--json``,
+        ``--write-docs``) added last, applied to ``argv``."""
+        parser.add_argument("--json", type=Path)
+        parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+        return parser.parse_args(argv)
+
+    def from_args(self, run: Callable[[Path], R], args: argparse.Namespace) -> int:
+        """The run as a script: ``--quick``, ``--write-docs``, ``--json``, total time shown."""
+        return self(run, quick=args.quick, write=args.write_docs, json_path=args.json, timed=True)
