@@ -56,12 +56,10 @@ class MigrationFailed(EdgesyncError):
 class EdgeDatabase:
     """A libsql connection to ``DIR/edge.db``; calls are synchronous (run them in a thread)."""
 
-    def __init__(self, path: Path) -> None:
-        import libsql
-
+    def __init__(self, path: Path, *, driver: str = "auto") -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._connection: Any = libsql.connect(str(path))
+        self._connection: Any = connect(path, driver)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA busy_timeout=5000")
         with self._lock:
@@ -166,11 +164,31 @@ class EdgeDatabase:
             cursor = self._connection.execute(sql, tuple(params))
             rows = cursor.fetchall()
             self._connection.commit()
-            return list(rows)
+            return list(rows or [])  # libsql answers None for statements without rows
 
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+
+
+def connect(path: Path, driver: str = "auto") -> Any:
+    """A connection to ``path`` through libsql, or the stdlib sqlite3 where no libsql
+    wheel exists (the aarch64 zipapp): the same file format, the same DB-API calls.
+
+    ``driver``: ``auto`` (libsql when importable), ``libsql`` or ``sqlite3``.
+    """
+    if driver in ("auto", "libsql"):
+        try:
+            import libsql
+        except ImportError:
+            if driver == "libsql":
+                raise
+        else:
+            return libsql.connect(str(path))
+    import sqlite3
+
+    # isolation_level=None: transactions are the explicit BEGIN IMMEDIATE ones.
+    return sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
 
 
 def _schema_version(connection: Any) -> int:

@@ -252,6 +252,7 @@ def substitute_requirements(setup_cfg: Path, substitutions: dict[str, str]) -> N
     lines = [
         s for line in parser["options"]["install_requires"].splitlines() if (s := line.strip())
     ]
+    # An empty replacement drops the requirement (the code has a fallback for it).
     replaced = [wanted.get(_requirement_name(line), line) for line in lines]
     missing = set(wanted) - {_requirement_name(line) for line in lines}
     if missing:
@@ -259,7 +260,7 @@ def substitute_requirements(setup_cfg: Path, substitutions: dict[str, str]) -> N
     for old, new in zip(lines, replaced, strict=True):
         if old != new:
             print(f"  substituting {old!r} -> {new!r}")
-    parser["options"]["install_requires"] = "\n" + "\n".join(replaced)
+    parser["options"]["install_requires"] = "\n" + "\n".join(r for r in replaced if r)
     with setup_cfg.open("w") as handle:
         parser.write(handle)
 
