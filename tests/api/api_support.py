@@ -6,11 +6,13 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
 
+from appliance.app import make_app
 from appliance.config import ServeConfig
 from appliance.services import SERVICES, Services
 
@@ -198,3 +200,34 @@ class Api:
 
 
 ApiFactory = Callable[..., Awaitable[Api]]
+
+
+def api_factory(
+    aiohttp_client: Any,
+    data_root: Path,
+    prefix: str = "data",
+    prepare: Callable[[dict[str, Any]], None] | None = None,
+    **defaults: Any,
+) -> ApiFactory:
+    """``await build(**ServeConfig overrides)``: an in-process app with its own data dir
+    (``data_root/<prefix>-N``), the test admin token and cheap bcrypt. ``defaults``
+    come before the overrides; ``prepare`` may fill in the overrides last."""
+    count = 0
+
+    async def build(**overrides: Any) -> Api:
+        nonlocal count
+        count += 1
+        if prepare is not None:
+            prepare(overrides)
+        settings: dict[str, Any] = {
+            "data_dir": data_root / f"{prefix}-{count}",
+            "admin_token": ADMIN_TOKEN,
+            "bcrypt_rounds": 4,
+            **defaults,
+            **overrides,
+        }
+        config = ServeConfig(**settings)
+        client = await aiohttp_client(make_app(config))
+        return Api(client, config)
+
+    return build

@@ -10,10 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_support import ADMIN_TOKEN, Api, ApiFactory
-
-from appliance.app import make_app
-from appliance.config import ServeConfig
+from api_support import Api, ApiFactory, api_factory
 
 
 @pytest.fixture
@@ -22,25 +19,13 @@ def make_api(
 ) -> ApiFactory:
     """Build an app with ``ServeConfig`` overrides; each call gets its own data dir
     and its own empty database (unless ``database_url`` is given)."""
-    count = 0
 
-    async def build(**overrides: Any) -> Api:
-        nonlocal count
-        count += 1
+    def fresh_database(overrides: dict[str, Any]) -> None:
         if "database_url" not in overrides and database_kind != "sqlite":
             # (SQLite: the embedded default in the data dir, as `edgesync serve` has it.)
             overrides["database_url"] = make_database_url()
-        settings: dict[str, Any] = {
-            "data_dir": tmp_path / f"data-{count}",
-            "admin_token": ADMIN_TOKEN,
-            "bcrypt_rounds": 4,
-            **overrides,
-        }
-        config = ServeConfig(**settings)
-        client = await aiohttp_client(make_app(config))
-        return Api(client, config)
 
-    return build
+    return api_factory(aiohttp_client, tmp_path, prepare=fresh_database)
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from api_support import api_factory
 from degraded_support import (
-    ADMIN_TOKEN,
-    Api,
     AppFactory,
     PgDatabase,
     PostgresUnavailable,
@@ -25,9 +24,6 @@ from degraded_support import (
     in_ci,
 )
 from s3.support import MotoServer
-
-from appliance.app import make_app
-from appliance.config import ServeConfig
 
 
 @pytest.fixture(scope="session")
@@ -74,20 +70,4 @@ def make_replica(pg: PgDatabase, aiohttp_client: Any, tmp_path: Path) -> AppFact
     Two of them on one database are two replicas of one deployment. (``pg``
     comes first: its database is dropped only after the apps are closed.)
     """
-    count = 0
-
-    async def build(**overrides: Any) -> Api:
-        nonlocal count
-        count += 1
-        settings: dict[str, Any] = {
-            "data_dir": tmp_path / f"replica-{count}",
-            "admin_token": ADMIN_TOKEN,
-            "bcrypt_rounds": 4,
-            "database_url": pg.url(),
-            **overrides,
-        }
-        config = ServeConfig(**settings)
-        client = await aiohttp_client(make_app(config))
-        return Api(client, config)
-
-    return build
+    return api_factory(aiohttp_client, tmp_path, "replica", database_url=pg.url())

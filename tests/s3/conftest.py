@@ -14,13 +14,10 @@ from typing import Any
 
 import pytest
 
-from appliance.app import make_app
-from appliance.config import ServeConfig
-
 from .support import MotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-from api_support import ADMIN_TOKEN, Api, ApiFactory
+from api_support import ApiFactory, api_factory
 
 
 @pytest.fixture(scope="session")
@@ -52,20 +49,4 @@ def own_moto(tmp_path: Path) -> Iterator[MotoServer]:
 @pytest.fixture
 def make_s3_api(aiohttp_client: Any, tmp_path: Path, moto: MotoServer) -> ApiFactory:
     """An in-process app whose artifacts live on ``moto`` (``ServeConfig`` overrides)."""
-    count = 0
-
-    async def build(**overrides: Any) -> Api:
-        nonlocal count
-        count += 1
-        settings: dict[str, Any] = {
-            "data_dir": tmp_path / f"data-{count}",
-            "admin_token": ADMIN_TOKEN,
-            "bcrypt_rounds": 4,
-            "artifact_url": moto.url(),
-            **overrides,
-        }
-        config = ServeConfig(**settings)
-        client = await aiohttp_client(make_app(config))
-        return Api(client, config)
-
-    return build
+    return api_factory(aiohttp_client, tmp_path, artifact_url=moto.url())
