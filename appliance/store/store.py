@@ -26,6 +26,7 @@ from appliance.store.db import (
     DatabaseError,
     DatabaseUnavailable,
     IntegrityViolation,
+    Row,
     SerializationFailure,
 )
 from appliance.store.records import (
@@ -399,21 +400,27 @@ class Store:
         if region is not None:
             clauses.append("region = ?")
             params.append(region)
-        if cursor:
-            created_at, node_id = decode_cursor(cursor, 2)
-            clauses.append("(created_at > ? OR (created_at = ? AND id > ?))")
-            params += [created_at, created_at, node_id]
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self.db.fetchall(
-            f"SELECT * FROM nodes{where} ORDER BY created_at, id LIMIT ?", [*params, limit + 1]
-        )
-        page = rows[:limit]
+        page, next_cursor = await self._page("nodes", clauses, params, limit, cursor)
         deployed = await self._deployments([row["id"] for row in page])
         nodes = [NodeRecord.from_row(row, deployed.get(row["id"], ())) for row in page]
-        next_cursor = (
-            encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
-        )
         return nodes, next_cursor
+
+    async def _page(
+        self, table: str, clauses: list[str], params: list[Any], limit: int, cursor: str | None
+    ) -> tuple[list[Row], str | None]:
+        """One page of ``table`` in (created_at, id) order, keyset-paginated: the
+        cursor names the last row seen, so pages stay stable while rows are added."""
+        if cursor:
+            created_at, row_id = decode_cursor(cursor, 2)
+            clauses = [*clauses, "(created_at > ? OR (created_at = ? AND id > ?))"]
+            params = [*params, created_at, created_at, row_id]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self.db.fetchall(
+            f"SELECT * FROM {table}{where} ORDER BY created_at, id LIMIT ?", [*params, limit + 1]
+        )
+        page = rows[:limit]
+        more = len(rows) > limit
+        return page, encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
 
     async def count_nodes_by_status(self, now: datetime) -> dict[str, int]:
         row = await self.db.fetchone(
@@ -564,19 +571,7 @@ class Store:
         if name is not None:
             clauses.append("name = ?")
             params.append(name)
-        if cursor:
-            created_at, function_id = decode_cursor(cursor, 2)
-            clauses.append("(created_at > ? OR (created_at = ? AND id > ?))")
-            params += [created_at, created_at, function_id]
-        rows = await self.db.fetchall(
-            f"SELECT * FROM functions WHERE {' AND '.join(clauses)}"
-            " ORDER BY created_at, id LIMIT ?",
-            [*params, limit + 1],
-        )
-        page = rows[:limit]
-        next_cursor = (
-            encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
-        )
+        page, next_cursor = await self._page("functions", clauses, params, limit, cursor)
         return [FunctionRecord.from_row(row) for row in page], next_cursor
 
     async def delete_function(self, function_id: str, now: datetime) -> FunctionRecord:
