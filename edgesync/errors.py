@@ -1,7 +1,7 @@
 """One error hierarchy for the control plane, the agent and the CLI.
 
 Every failure that crosses the wire is an :class:`EdgesyncError`: it carries the
-envelope code from PROTOCOL.md, the HTTP status it maps to, and whether retrying
+envelope code from docs/protocol.md, the HTTP status it maps to, and whether retrying
 the same request may succeed. One aiohttp middleware renders them
 (``appliance.middleware``); the client parses the envelope back into the same
 class, so both sides speak one vocabulary.
@@ -41,7 +41,7 @@ class EdgesyncError(Exception):
         self.headers: dict[str, str] = headers or {}
 
     def envelope(self) -> dict[str, Any]:
-        """The error body of PROTOCOL.md."""
+        """The error body of docs/protocol.md."""
         return {
             "error": {
                 "code": self.code,

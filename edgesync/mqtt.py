@@ -3,7 +3,7 @@
 The control plane publishes a :class:`Notification` to the topics a change
 affects; an agent that receives one polls at once. The message is a hint, not
 state: it carries no secrets and an agent that misses it still converges on
-its next poll (PROTOCOL.md, "MQTT").
+its next poll (docs/protocol.md, "MQTT").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The wire types of PROTOCOL.md, shared by the control plane and the agent.
+"""The wire types of docs/protocol.md, shared by the control plane and the agent.
 
 Both sides build and parse plans, actions and acks through these frozen
 dataclasses, so a field renamed here is renamed everywhere. Parsing validates:

@@ -44,7 +44,7 @@ class Push:
         return f"{self.embedded.scheme}://{bracketed}:{self.embedded.port}"
 
     def registration(self, request: web.Request, node_id: str) -> dict[str, Any]:
-        """The registration response's ``mqtt`` object (PROTOCOL.md)."""
+        """The registration response's ``mqtt`` object (docs/protocol.md)."""
         return {"url": self.public_url(request), "topics": node_topics(node_id)}
 
 

@@ -52,7 +52,7 @@ def sha256(data: bytes) -> str:
 
 
 def check_error(status: int, text: str, expected_status: int, code: str) -> dict[str, Any]:
-    """Assert the PROTOCOL.md envelope and return its ``error`` object."""
+    """Assert the docs/protocol.md envelope and return its ``error`` object."""
     assert status == expected_status, text
     body = json.loads(text)
     assert set(body) == {"error"}, body

@@ -1,7 +1,7 @@
 """The whole path through real processes: ``edgesync serve``, the operator CLI, raw HTTP.
 
 Each test runs against the installed console script and against dist/edgesync.pyz
-(see conftest.py). The node side is played over raw HTTP exactly as PROTOCOL.md
+(see conftest.py). The node side is played over raw HTTP exactly as docs/protocol.md
 tells an agent to speak.
 """
 
@@ -37,7 +37,7 @@ def sha256(data: bytes) -> str:
 
 
 def assert_envelope(body: Any, code: str) -> None:
-    """The error body of PROTOCOL.md, with the expected code."""
+    """The error body of docs/protocol.md, with the expected code."""
     assert set(body) == {"error"}, body
     error = body["error"]
     assert set(error) >= {"code", "message", "details", "retryable"}, error

@@ -1,7 +1,7 @@
 """Interop with Mosquitto (127.0.0.1:1883, anonymous): the external-broker mode.
 
 Mosquitto is shared by every test run on the machine, and the topics are fixed
-by PROTOCOL.md: other runs may publish on ``edgesync/fleet/notify`` at any time.
+by docs/protocol.md: other runs may publish on ``edgesync/fleet/notify`` at any time.
 So these tests assert what only this run can cause (a message on a topic named
 after a fresh node id, a node of this run converging), never that nothing else
 arrived. Without Mosquitto they skip, and fail under CI=true.

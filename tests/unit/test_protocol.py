@@ -1,4 +1,4 @@
-"""Wire types of PROTOCOL.md: name/version rules, parsing and validation errors."""
+"""Wire types of docs/protocol.md: name/version rules, parsing and validation errors."""
 
 from __future__ import annotations
 
