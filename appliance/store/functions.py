@@ -1,0 +1,132 @@
+"""Function versions: upload claims, publishing, listing, deletion."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from appliance.store.base import StoreBase, now
+from appliance.store.db import Connection, IntegrityViolation
+from appliance.store.records import FunctionRecord
+from edgesync.errors import FunctionExists, NotFound
+from edgesync.protocol import format_time
+
+# An upload's claim on (name, version) older than this belongs to a crashed upload.
+STALE_UPLOAD = timedelta(minutes=15)
+
+
+class FunctionStore(StoreBase):
+    """The SQL of the function aggregate (``functions``)."""
+
+    # -- functions ------------------------------------------------------------------
+
+    async def reserve_function(self, record: FunctionRecord, now: datetime) -> None:
+        """Claim ``(name, version)`` for an upload in progress (invisible to plans).
+
+        Only the claimant stores the object, so two concurrent uploads of one
+        version can never mix their bytes. A claim left by a crashed upload is
+        taken over once it is older than ``STALE_UPLOAD``.
+        """
+
+        async def reserve(tx: Connection) -> None:
+            await tx.execute(
+                "DELETE FROM functions WHERE name = ? AND version = ?"
+                " AND status = 'uploading' AND created_at < ?",
+                (record.name, record.version, format_time(now - STALE_UPLOAD)),
+            )
+            await tx.execute(
+                "INSERT INTO functions"
+                " (id, name, version, sha256, size_bytes, storage_key, created_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'uploading')",
+                (
+                    record.id,
+                    record.name,
+                    record.version,
+                    record.sha256,
+                    record.size_bytes,
+                    record.storage_key,
+                    record.created_at,
+                ),
+            )
+
+        try:
+            await self._write(reserve)
+        except IntegrityViolation as exc:
+            raise FunctionExists(
+                f"function {record.name} {record.version} already exists; versions are immutable",
+                details={"name": record.name, "version": record.version},
+            ) from exc
+
+    async def publish_function(self, function_id: str) -> None:
+        """The object is stored: make the version part of the target."""
+
+        async def publish(tx: Connection) -> None:
+            changed = await tx.execute(
+                "UPDATE functions SET status = 'ready' WHERE id = ? AND status = 'uploading'",
+                (function_id,),
+            )
+            if changed != 1:
+                raise NotFound("upload reservation is gone", details={"function_id": function_id})
+            await self._bump_generation(tx, "function_uploaded")
+
+        await self._write(publish)
+
+    async def release_function(self, function_id: str) -> None:
+        """Give up an upload's claim (it failed before publishing)."""
+
+        async def release(tx: Connection) -> None:
+            await tx.execute(
+                "DELETE FROM functions WHERE id = ? AND status = 'uploading'", (function_id,)
+            )
+
+        await self._write(release)
+
+    async def function_exists(self, name: str, version: str) -> bool:
+        """Whether ``(name, version)`` is taken: uploaded (deleted since or not), or
+        claimed by a live upload. A stale claim does not count: the next upload
+        takes it over (:meth:`reserve_function`), so it must get that far."""
+        row = await self.db.fetchone(
+            "SELECT id FROM functions WHERE name = ? AND version = ?"
+            " AND (status <> 'uploading' OR created_at >= ?)",
+            (name, version, format_time(now() - STALE_UPLOAD)),
+        )
+        return row is not None
+
+    async def get_function(
+        self, function_id: str, *, include_deleted: bool = False
+    ) -> FunctionRecord:
+        row = await self.db.fetchone(
+            "SELECT * FROM functions WHERE id = ? AND status = 'ready'", (function_id,)
+        )
+        if row is None or (row["deleted_at"] is not None and not include_deleted):
+            raise NotFound("function not found", details={"function_id": function_id})
+        return FunctionRecord.from_row(row)
+
+    async def list_functions(
+        self, *, name: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[FunctionRecord], str | None]:
+        clauses = ["deleted_at IS NULL", "status = 'ready'"]
+        params: list[Any] = []
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        page, next_cursor = await self._page("functions", clauses, params, limit, cursor)
+        return [FunctionRecord.from_row(row) for row in page], next_cursor
+
+    async def delete_function(self, function_id: str, now: datetime) -> FunctionRecord:
+        """Withdraw a version from the target. The row stays: versions are never reused."""
+
+        async def delete(tx: Connection) -> FunctionRecord:
+            row = await tx.fetchone(
+                "SELECT * FROM functions WHERE id = ? AND deleted_at IS NULL AND status = 'ready'",
+                (function_id,),
+            )
+            if row is None:
+                raise NotFound("function not found", details={"function_id": function_id})
+            await tx.execute(
+                "UPDATE functions SET deleted_at = ? WHERE id = ?", (format_time(now), function_id)
+            )
+            await self._bump_generation(tx, "function_deleted")
+            return FunctionRecord.from_row(row)
+
+        return await self._write(delete)

@@ -1,0 +1,209 @@
+"""Nodes and their tokens: enrollment, registration, heartbeats, rotation, listing."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from appliance.store.base import StoreBase
+from appliance.store.db import Connection
+from appliance.store.records import EnrollmentTokenRecord, NodeRecord, NodeStamp
+from edgesync.errors import InvalidEnrollmentToken, NotFound
+from edgesync.protocol import FunctionRef, format_time
+
+
+class NodeStore(StoreBase):
+    """The SQL of the node aggregate (``nodes``, ``enrollment_tokens``, deployments)."""
+
+    async def node_stamp(self, node_id: str) -> NodeStamp | None:
+        """Token id, state revision and fleet generation: all the poll path needs."""
+        if not self.db.shared:
+            stamp = self._stamps.get(node_id)
+            generation = await self.generation()
+            if stamp is not None and stamp.generation == generation:
+                return stamp
+        epoch = self._epoch
+        row = await self.db.fetchone(
+            "SELECT n.token_jti, n.previous_token_jti, n.state_seq, f.generation"
+            " FROM nodes n, fleet_state f WHERE n.id = ? AND f.id = 1",
+            (node_id,),
+        )
+        if row is None:
+            return None
+        stamp = NodeStamp(
+            node_id,
+            row["token_jti"],
+            int(row["state_seq"]),
+            int(row["generation"]),
+            row["previous_token_jti"],
+        )
+        if not self.db.shared and epoch == self._epoch:
+            self._stamps[node_id] = stamp
+        return stamp
+
+    # -- enrollment tokens ----------------------------------------------------------
+
+    async def create_enrollment_token(self, record: EnrollmentTokenRecord) -> None:
+        async def insert(tx: Connection) -> None:
+            await tx.execute(
+                "INSERT INTO enrollment_tokens"
+                " (id, secret_hash, region, max_uses, uses, expires_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.secret_hash,
+                    record.region,
+                    record.max_uses,
+                    record.uses,
+                    record.expires_at,
+                    record.created_at,
+                ),
+            )
+
+        await self._write(insert)
+
+    async def get_enrollment_token(self, token_id: str) -> EnrollmentTokenRecord | None:
+        row = await self.db.fetchone("SELECT * FROM enrollment_tokens WHERE id = ?", (token_id,))
+        return EnrollmentTokenRecord.from_row(row) if row else None
+
+    # -- nodes ----------------------------------------------------------------------
+
+    async def register_node(self, node: NodeRecord, token_hash: str, enrollment_id: str) -> None:
+        """Insert ``node`` and spend one use of its enrollment token, atomically."""
+
+        async def register(tx: Connection) -> None:
+            spent = await tx.execute(
+                "UPDATE enrollment_tokens SET uses = uses + 1"
+                " WHERE id = ? AND uses < max_uses AND expires_at > ?",
+                (enrollment_id, node.created_at),
+            )
+            if spent != 1:
+                raise InvalidEnrollmentToken("enrollment token is expired or used up")
+            await tx.execute(
+                "INSERT INTO nodes (id, name, region, labels, current_schema_version, state_seq,"
+                " token_jti, token_hash, token_expires_at, poll_interval_seconds, sync_status,"
+                " last_heartbeat_at, offline_after, created_at)"
+                " VALUES (?, ?, ?, ?, 0, 0, ?, ?, ?, ?, 'idle', ?, ?, ?)",
+                (
+                    node.id,
+                    node.name,
+                    node.region,
+                    json.dumps(node.labels, sort_keys=True),
+                    node.token_jti,
+                    token_hash,
+                    node.token_expires_at,
+                    node.poll_interval_seconds,
+                    node.last_heartbeat_at,
+                    node.offline_after,
+                    node.created_at,
+                ),
+            )
+
+        await self._write(register)
+
+    async def get_node(self, node_id: str) -> NodeRecord:
+        row = await self.db.fetchone("SELECT * FROM nodes WHERE id = ?", (node_id,))
+        if row is None:
+            raise NotFound("node not found", details={"node_id": node_id})
+        deployed = await self._deployments([node_id])
+        return NodeRecord.from_row(row, deployed.get(node_id, ()))
+
+    async def _deployments(self, node_ids: list[str]) -> dict[str, tuple[FunctionRef, ...]]:
+        if not node_ids:
+            return {}
+        marks = ", ".join("?" for _ in node_ids)
+        rows = await self.db.fetchall(
+            "SELECT node_id, name, version, sha256 FROM node_function_deployments"
+            f" WHERE node_id IN ({marks}) ORDER BY node_id, name",
+            node_ids,
+        )
+        result: dict[str, list[FunctionRef]] = {}
+        for row in rows:
+            result.setdefault(row["node_id"], []).append(
+                FunctionRef(row["name"], row["version"], row["sha256"])
+            )
+        return {node_id: tuple(refs) for node_id, refs in result.items()}
+
+    async def list_nodes(
+        self,
+        *,
+        now: datetime,
+        status: str | None = None,
+        region: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[NodeRecord], str | None]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        moment = format_time(now)
+        if status == "offline":
+            clauses.append("offline_after < ?")
+            params.append(moment)
+        elif status in ("online", "syncing"):
+            clauses.append("offline_after >= ? AND sync_status = ?")
+            params += [moment, "pending" if status == "syncing" else "idle"]
+        if region is not None:
+            clauses.append("region = ?")
+            params.append(region)
+        page, next_cursor = await self._page("nodes", clauses, params, limit, cursor)
+        deployed = await self._deployments([row["id"] for row in page])
+        nodes = [NodeRecord.from_row(row, deployed.get(row["id"], ())) for row in page]
+        return nodes, next_cursor
+
+    async def count_nodes_by_status(self, now: datetime) -> dict[str, int]:
+        row = await self.db.fetchone(
+            "SELECT"
+            " SUM(CASE WHEN offline_after < ? THEN 1 ELSE 0 END) AS offline,"
+            " SUM(CASE WHEN offline_after >= ? AND sync_status = 'pending' THEN 1 ELSE 0 END)"
+            " AS syncing,"
+            " SUM(CASE WHEN offline_after >= ? AND sync_status <> 'pending' THEN 1 ELSE 0 END)"
+            " AS online"
+            " FROM nodes",
+            (format_time(now),) * 3,
+        )
+        return {key: int((row or {}).get(key) or 0) for key in ("online", "syncing", "offline")}
+
+    async def heartbeat(
+        self, node_id: str, now: datetime, agent_version: str | None, state_etag: str | None
+    ) -> None:
+        async def beat(tx: Connection) -> None:
+            row = await tx.fetchone(
+                "SELECT poll_interval_seconds FROM nodes WHERE id = ?", (node_id,)
+            )
+            if row is None:
+                raise NotFound("node not found", details={"node_id": node_id})
+            offline_after = now + timedelta(seconds=3 * int(row["poll_interval_seconds"]))
+            await tx.execute(
+                "UPDATE nodes SET last_heartbeat_at = ?, offline_after = ?,"
+                " agent_version = COALESCE(?, agent_version), state_etag = COALESCE(?, state_etag)"
+                " WHERE id = ?",
+                (format_time(now), format_time(offline_after), agent_version, state_etag, node_id),
+            )
+
+        await self._write(beat)
+
+    async def rotate_token(
+        self, node_id: str, old_jti: str, new_jti: str, token_hash: str, expires_at: str
+    ) -> bool:
+        """Replace the token ``old_jti`` by ``new_jti``; False when that is not allowed.
+
+        Repeating a rotation is allowed: presented with the token it rotated away
+        and asking for the very ``new_jti`` it installed (which only the node that
+        chose it knows), the rotation is re-done, so a node whose answer was lost
+        is not locked out. Any other use of a rotated-away token is refused.
+        """
+
+        async def rotate(tx: Connection) -> bool:
+            changed = await tx.execute(
+                "UPDATE nodes SET token_jti = ?, token_hash = ?, token_expires_at = ?,"
+                " previous_token_jti = ?"
+                " WHERE id = ? AND (token_jti = ? OR (previous_token_jti = ? AND token_jti = ?))",
+                (new_jti, token_hash, expires_at, old_jti, node_id, old_jti, old_jti, new_jti),
+            )
+            return changed == 1
+
+        try:
+            return await self._write(rotate)
+        finally:
+            self._invalidate(node_id)

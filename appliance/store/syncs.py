@@ -1,0 +1,138 @@
+"""Sync records: plans handed to nodes, and the acks that move a node's state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+
+from appliance.store.base import StoreBase
+from appliance.store.db import Connection
+from appliance.store.records import SyncRecord
+from edgesync.errors import NotFound
+from edgesync.protocol import PLAN_REJECTED, Ack, format_time
+
+
+class SyncStore(StoreBase):
+    """The SQL of the sync aggregate (``sync_records``, a node's recorded state)."""
+
+    async def open_sync(self, record: SyncRecord) -> None:
+        """Record a plan handed to a node; any older unacked plan is superseded."""
+
+        async def open_record(tx: Connection) -> None:
+            await tx.execute(
+                "UPDATE sync_records SET status = 'failed', completed_at = ?,"
+                " error_code = 'SUPERSEDED', error_message = 'superseded by a newer plan'"
+                " WHERE node_id = ? AND status = 'pending'",
+                (record.started_at, record.node_id),
+            )
+            await tx.execute(
+                "INSERT INTO sync_records (id, node_id, sync_type, status, plan_etag, started_at,"
+                " functions_added, functions_removed, schemas_applied)"
+                " VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.node_id,
+                    record.sync_type,
+                    record.plan_etag,
+                    record.started_at,
+                    record.functions_added,
+                    record.functions_removed,
+                    record.schemas_applied,
+                ),
+            )
+            await tx.execute(
+                "UPDATE nodes SET sync_status = 'pending' WHERE id = ?", (record.node_id,)
+            )
+
+        await self._write(open_record)
+
+    async def record_ack(self, node_id: str, ack: Ack, now: datetime) -> tuple[SyncRecord, bool]:
+        """Apply an ack; return the updated record and whether it was new information.
+
+        Idempotent: the same ack again changes nothing. Every new ack moves the
+        node's state revision on, so the next plan (and its ETag) is fresh.
+        """
+        digest = hashlib.sha256(json.dumps(ack.to_dict(), sort_keys=True).encode()).hexdigest()
+
+        async def apply(tx: Connection) -> tuple[SyncRecord, bool]:
+            row = await tx.fetchone("SELECT * FROM sync_records WHERE id = ?", (ack.sync_id,))
+            if row is None or row["node_id"] != node_id:
+                raise NotFound("sync not found", details={"sync_id": ack.sync_id})
+            record = SyncRecord.from_row(row)
+            if record.ack_digest == digest:
+                return record, False
+            success = ack.status == "success"
+            moment = format_time(now)
+            await tx.execute(
+                "UPDATE sync_records SET status = ?, completed_at = ?, error_code = ?,"
+                " error_message = ?, ack_digest = ?,"
+                " functions_added = CASE WHEN ? THEN functions_added ELSE 0 END,"
+                " functions_removed = CASE WHEN ? THEN functions_removed ELSE 0 END,"
+                " schemas_applied = CASE WHEN ? THEN schemas_applied ELSE 0 END"
+                " WHERE id = ?",
+                (
+                    ack.status,
+                    moment,
+                    ack.error.code if ack.error else None,
+                    ack.error.message[:2000] if ack.error else None,
+                    digest,
+                    success,
+                    success,
+                    success,
+                    ack.sync_id,
+                ),
+            )
+            await self._save_node_state(tx, node_id, ack, moment)
+            updated = await tx.fetchone("SELECT * FROM sync_records WHERE id = ?", (ack.sync_id,))
+            assert updated is not None
+            return SyncRecord.from_row(updated), True
+
+        try:
+            return await self._write(apply)
+        finally:
+            self._invalidate(node_id)
+
+    async def _save_node_state(self, tx: Connection, node_id: str, ack: Ack, moment: str) -> None:
+        pending = await tx.fetchone(
+            "SELECT COUNT(*) AS n FROM sync_records WHERE node_id = ? AND status = 'pending'",
+            (node_id,),
+        )
+        still_syncing = bool(pending and int(pending["n"]))
+        # A rejection changes nothing the plan depends on: keep the revision, so the
+        # node's next poll with the same ETag is a 304 instead of the same plan again.
+        rejected = ack.error is not None and ack.error.code == PLAN_REJECTED
+        await tx.execute(
+            "UPDATE nodes SET current_schema_version = ?,"
+            " state_seq = state_seq + CASE WHEN ? THEN 0 ELSE 1 END,"
+            " sync_status = ?, last_sync_at = CASE WHEN ? THEN ? ELSE last_sync_at END"
+            " WHERE id = ?",
+            (
+                ack.state.schema_version,
+                rejected,
+                "pending" if still_syncing else "idle",
+                ack.status == "success",
+                moment,
+                node_id,
+            ),
+        )
+        await tx.execute("DELETE FROM node_function_deployments WHERE node_id = ?", (node_id,))
+        for ref in ack.state.functions:
+            await tx.execute(
+                "INSERT INTO node_function_deployments"
+                " (node_id, name, version, sha256, deployed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (node_id, ref.name, ref.version, ref.sha256, moment),
+            )
+
+    async def get_sync(self, sync_id: str) -> SyncRecord | None:
+        row = await self.db.fetchone("SELECT * FROM sync_records WHERE id = ?", (sync_id,))
+        return SyncRecord.from_row(row) if row else None
+
+    async def sync_history(self, node_id: str, limit: int) -> list[SyncRecord]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM sync_records WHERE node_id = ?"
+            " ORDER BY started_at DESC, id DESC LIMIT ?",
+            (node_id, limit),
+        )
+        return [SyncRecord.from_row(row) for row in rows]
