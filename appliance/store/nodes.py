@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from appliance.store.base import StoreBase
+from appliance.store.base import StoreBase, now
 from appliance.store.db import Connection
 from appliance.store.records import EnrollmentTokenRecord, NodeRecord, NodeStamp
 from edgesync.errors import InvalidEnrollmentToken, NotFound
@@ -99,6 +99,7 @@ class NodeStore(StoreBase):
                     node.created_at,
                 ),
             )
+            await self._remember_jti(tx, node.id, node.token_jti, node.created_at)
 
         await self._write(register)
 
@@ -188,22 +189,45 @@ class NodeStore(StoreBase):
     ) -> bool:
         """Replace the token ``old_jti`` by ``new_jti``; False when that is not allowed.
 
-        Repeating a rotation is allowed: presented with the token it rotated away
-        and asking for the very ``new_jti`` it installed (which only the node that
-        chose it knows), the rotation is re-done, so a node whose answer was lost
-        is not locked out. Any other use of a rotated-away token is refused.
+        A rotation installs a token id the node has never held (every id it held
+        is kept in ``node_token_jtis``), so no rotated-away token can be brought
+        back. The one exception is repeating a rotation: presented with the token
+        it rotated away and asking for the very ``new_jti`` it installed (which
+        only the node that chose it knows), the rotation is re-done, so a node
+        whose answer was lost is not locked out.
         """
 
         async def rotate(tx: Connection) -> bool:
-            changed = await tx.execute(
-                "UPDATE nodes SET token_jti = ?, token_hash = ?, token_expires_at = ?,"
-                " previous_token_jti = ?"
-                " WHERE id = ? AND (token_jti = ? OR (previous_token_jti = ? AND token_jti = ?))",
-                (new_jti, token_hash, expires_at, old_jti, node_id, old_jti, old_jti, new_jti),
+            row = await tx.fetchone(
+                "SELECT token_jti, previous_token_jti FROM nodes WHERE id = ?", (node_id,)
             )
-            return changed == 1
+            if row is None:
+                return False
+            repeat = row["previous_token_jti"] == old_jti and row["token_jti"] == new_jti
+            if not repeat:
+                if row["token_jti"] != old_jti:
+                    return False  # a rotated-away token asking for anything else
+                held = await tx.fetchone(
+                    "SELECT jti FROM node_token_jtis WHERE node_id = ? AND jti = ?",
+                    (node_id, new_jti),
+                )
+                if held is not None:
+                    return False  # a token id the node held once never comes back
+                await self._remember_jti(tx, node_id, new_jti, format_time(now()))
+            await tx.execute(
+                "UPDATE nodes SET token_jti = ?, token_hash = ?, token_expires_at = ?,"
+                " previous_token_jti = ? WHERE id = ?",
+                (new_jti, token_hash, expires_at, old_jti, node_id),
+            )
+            return True
 
         try:
             return await self._write(rotate)
         finally:
             self._invalidate(node_id)
+
+    async def _remember_jti(self, tx: Connection, node_id: str, jti: str, moment: str) -> None:
+        await tx.execute(
+            "INSERT INTO node_token_jtis (node_id, jti, issued_at) VALUES (?, ?, ?)",
+            (node_id, jti, moment),
+        )

@@ -155,4 +155,33 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         ALTER TABLE nodes ADD COLUMN previous_token_jti TEXT;
         """,
     ),
+    ControlPlaneMigration(
+        6,
+        "every token id a node has held; serve instances owning upload claims;"
+        " acks ignored per sync record",
+        """
+        CREATE TABLE node_token_jtis (
+            node_id TEXT NOT NULL REFERENCES nodes (id),
+            jti TEXT NOT NULL,
+            issued_at TEXT NOT NULL,
+            PRIMARY KEY (node_id, jti)
+        );
+        INSERT INTO node_token_jtis (node_id, jti, issued_at)
+            SELECT id, token_jti, created_at FROM nodes;
+        INSERT INTO node_token_jtis (node_id, jti, issued_at)
+            SELECT id, previous_token_jti, created_at FROM nodes
+            WHERE previous_token_jti IS NOT NULL AND previous_token_jti <> token_jti;
+
+        CREATE TABLE serve_instances (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            data_dir TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            alive_until TEXT NOT NULL
+        );
+        ALTER TABLE functions ADD COLUMN claim_owner TEXT;
+
+        ALTER TABLE sync_records ADD COLUMN ignored_acks INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
