@@ -27,12 +27,17 @@ from appliance.planner import (
     TargetSpec,
     make_plan,
 )
+from appliance.rate_limit import SlidingWindowLimit
 from appliance.signing import UrlSigner
 from appliance.store.records import NodeStamp, SyncRecord
 from appliance.store.store import Store
+from appliance.store.syncs import APPLIED, AckOutcome
 from edgesync.protocol import Ack, NodeState, format_time, parse_time, utcnow
 
 CACHE_LIMIT = 200_000
+# A node healing a lost module asks for one full plan, and again after a failure.
+FULL_PLANS_PER_WINDOW = 10
+FULL_PLAN_WINDOW_SECONDS = 60.0
 
 
 def etag_matches(etag: str, if_none_match: str | None) -> bool:
@@ -84,6 +89,7 @@ class SyncService:
         self._not_modified = metrics.plans.labels("not_modified")  # bound once: hot path
         self._full = metrics.plans.labels("full")
         self._presign = presign
+        self._full_plans = SlidingWindowLimit(FULL_PLANS_PER_WINDOW, FULL_PLAN_WINDOW_SECONDS)
 
     async def plan(
         self, stamp: NodeStamp, if_none_match: str | None, base_url: Callable[[], str]
@@ -141,7 +147,10 @@ class SyncService:
 
         For a node whose module cache lost a file: every target function comes
         with a download, so the node can fetch again what it no longer has.
+        Asking again for the same plan hands out the same open sync record, and
+        a node may ask at most ``FULL_PLANS_PER_WINDOW`` times a window (429).
         """
+        self._full_plans.check(stamp.node_id, "full plans")
         node = await self._store.get_node(stamp.node_id)
         target = await self._target_spec(stamp.generation)
         bare = NodeView(NodeState(node.current_schema_version, ()), node.state_seq)
@@ -166,10 +175,9 @@ class SyncService:
     async def _render(self, node_id: str, draft: PlanDraft, base_url: str) -> bytes:
         sync_id: str | None = None
         if not draft.is_empty:
-            sync_id = str(uuid.uuid4())
-            await self._store.open_sync(
+            sync_id = await self._store.open_sync(
                 SyncRecord(
-                    id=sync_id,
+                    id=str(uuid.uuid4()),
                     node_id=node_id,
                     sync_type=draft.sync_type,
                     status="pending",
@@ -220,12 +228,12 @@ class SyncService:
             "url_expires_at": format_time(datetime.fromtimestamp(expires, tz=utcnow().tzinfo)),
         }
 
-    async def ack(self, node_id: str, ack: Ack) -> SyncRecord:
+    async def ack(self, node_id: str, ack: Ack) -> AckOutcome:
         now = utcnow()
-        record, fresh = await self._store.record_ack(node_id, ack, now)
-        self._plans.pop(node_id, None)
-        if fresh:
+        result = await self._store.record_ack(node_id, ack, now)
+        if result.outcome == APPLIED:
+            self._plans.pop(node_id, None)
             self._metrics.syncs.labels(ack.status).inc()
-            elapsed = (now - parse_time(record.started_at)).total_seconds()
+            elapsed = (now - parse_time(result.record.started_at)).total_seconds()
             self._metrics.sync_latency.labels(ack.status).observe(max(0.0, elapsed))
-        return record
+        return result

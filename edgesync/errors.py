@@ -173,6 +173,19 @@ class ServiceUnavailable(EdgesyncError):
         super().__init__(message, headers=headers, **kwargs)
 
 
+class RateLimited(EdgesyncError):
+    """The caller asked too often; ``Retry-After`` says when it may ask again."""
+
+    code = "RATE_LIMITED"
+    status = 429
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: int, **kwargs: Any) -> None:
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers.setdefault("Retry-After", str(retry_after))
+        super().__init__(message, headers=headers, **kwargs)
+
+
 class InternalError(EdgesyncError):
     code = "INTERNAL"
     status = 500

@@ -161,6 +161,7 @@ class SyncRecord:
     functions_removed: int
     schemas_applied: int
     ack_digest: str | None = None
+    ignored_acks: int = 0  # acks that came after the record was finished or superseded
 
     @classmethod
     def from_row(cls, row: Row) -> SyncRecord:
@@ -179,6 +180,7 @@ class SyncRecord:
             "functions_added": self.functions_added,
             "functions_removed": self.functions_removed,
             "schemas_applied": self.schemas_applied,
+            "ignored_acks": self.ignored_acks,
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 
 from appliance.store.base import StoreBase
@@ -12,14 +13,49 @@ from appliance.store.records import SyncRecord
 from edgesync.errors import NotFound
 from edgesync.protocol import PLAN_REJECTED, Ack, format_time
 
+# What an ack did: moved the record and the node's state, or nothing.
+APPLIED = "applied"
+REPEATED = "repeated"  # the very ack recorded before: idempotent, nothing new
+IGNORED = "ignored"  # an ack for a finished or superseded record: never applied
+# Stored error fields are cut to these lengths (a node chooses their contents).
+ERROR_CODE_LIMIT = 64
+ERROR_MESSAGE_LIMIT = 2000
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    record: SyncRecord
+    outcome: str  # APPLIED, REPEATED or IGNORED
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the ack is (now or already) the record's result."""
+        return self.outcome != IGNORED
+
 
 class SyncStore(StoreBase):
     """The SQL of the sync aggregate (``sync_records``, a node's recorded state)."""
 
-    async def open_sync(self, record: SyncRecord) -> None:
-        """Record a plan handed to a node; any older unacked plan is superseded."""
+    async def open_sync(self, record: SyncRecord) -> str:
+        """Record a plan handed to a node and return its sync id.
 
-        async def open_record(tx: Connection) -> None:
+        The node's open record is handed out again when it is for this very plan
+        (same ETag and kind): asking again, from any replica, opens nothing new.
+        Any other open record is superseded: only the newest plan may be acked.
+        """
+
+        async def open_record(tx: Connection) -> str:
+            current = await tx.fetchone(
+                "SELECT id FROM sync_records WHERE node_id = ? AND status = 'pending'"
+                " AND plan_etag = ? AND sync_type = ?",
+                (record.node_id, record.plan_etag, record.sync_type),
+            )
+            if current is not None:
+                return str(current["id"])
             await tx.execute(
                 "UPDATE sync_records SET status = 'failed', completed_at = ?,"
                 " error_code = 'SUPERSEDED', error_message = 'superseded by a newer plan'"
@@ -44,54 +80,73 @@ class SyncStore(StoreBase):
             await tx.execute(
                 "UPDATE nodes SET sync_status = 'pending' WHERE id = ?", (record.node_id,)
             )
+            return record.id
 
-        await self._write(open_record)
+        return await self._write(open_record)
 
-    async def record_ack(self, node_id: str, ack: Ack, now: datetime) -> tuple[SyncRecord, bool]:
-        """Apply an ack; return the updated record and whether it was new information.
+    async def record_ack(self, node_id: str, ack: Ack, now: datetime) -> AckOutcome:
+        """Apply an ack to its sync record, once.
 
-        Idempotent: the same ack again changes nothing. Every new ack moves the
-        node's state revision on, so the next plan (and its ETag) is fresh.
+        A record moves once, from ``pending``, and only a pending record (the
+        node's newest plan: opening a plan supersedes the older ones) moves the
+        node's recorded state. The same ack again is a ``REPEATED`` no-op (acks
+        are idempotent); any other ack for a finished or superseded record is
+        ``IGNORED``: counted on the record, never applied. Every applied ack
+        moves the node's state revision on, so the next plan (and its ETag) is
+        fresh.
         """
         digest = hashlib.sha256(json.dumps(ack.to_dict(), sort_keys=True).encode()).hexdigest()
 
-        async def apply(tx: Connection) -> tuple[SyncRecord, bool]:
+        async def apply(tx: Connection) -> AckOutcome:
             row = await tx.fetchone("SELECT * FROM sync_records WHERE id = ?", (ack.sync_id,))
             if row is None or row["node_id"] != node_id:
                 raise NotFound("sync not found", details={"sync_id": ack.sync_id})
             record = SyncRecord.from_row(row)
             if record.ack_digest == digest:
-                return record, False
-            success = ack.status == "success"
+                return AckOutcome(record, REPEATED)
             moment = format_time(now)
-            await tx.execute(
-                "UPDATE sync_records SET status = ?, completed_at = ?, error_code = ?,"
-                " error_message = ?, ack_digest = ?,"
-                " functions_added = CASE WHEN ? THEN functions_added ELSE 0 END,"
-                " functions_removed = CASE WHEN ? THEN functions_removed ELSE 0 END,"
-                " schemas_applied = CASE WHEN ? THEN schemas_applied ELSE 0 END"
-                " WHERE id = ?",
-                (
-                    ack.status,
-                    moment,
-                    ack.error.code if ack.error else None,
-                    ack.error.message[:2000] if ack.error else None,
-                    digest,
-                    success,
-                    success,
-                    success,
-                    ack.sync_id,
-                ),
-            )
+            if record.status != "pending" or not await self._finish(tx, ack, digest, moment):
+                await tx.execute(
+                    "UPDATE sync_records SET ignored_acks = ignored_acks + 1 WHERE id = ?",
+                    (ack.sync_id,),
+                )
+                return AckOutcome(await self._sync_in(tx, ack.sync_id), IGNORED)
             await self._save_node_state(tx, node_id, ack, moment)
-            updated = await tx.fetchone("SELECT * FROM sync_records WHERE id = ?", (ack.sync_id,))
-            assert updated is not None
-            return SyncRecord.from_row(updated), True
+            return AckOutcome(await self._sync_in(tx, ack.sync_id), APPLIED)
 
         try:
             return await self._write(apply)
         finally:
             self._invalidate(node_id)
+
+    async def _finish(self, tx: Connection, ack: Ack, digest: str, moment: str) -> bool:
+        """Move the pending record to the ack's outcome; False if it is not pending."""
+        success = ack.status == "success"
+        changed = await tx.execute(
+            "UPDATE sync_records SET status = ?, completed_at = ?, error_code = ?,"
+            " error_message = ?, ack_digest = ?,"
+            " functions_added = CASE WHEN ? THEN functions_added ELSE 0 END,"
+            " functions_removed = CASE WHEN ? THEN functions_removed ELSE 0 END,"
+            " schemas_applied = CASE WHEN ? THEN schemas_applied ELSE 0 END"
+            " WHERE id = ? AND status = 'pending'",
+            (
+                ack.status,
+                moment,
+                clip(ack.error.code, ERROR_CODE_LIMIT) if ack.error else None,
+                clip(ack.error.message, ERROR_MESSAGE_LIMIT) if ack.error else None,
+                digest,
+                success,
+                success,
+                success,
+                ack.sync_id,
+            ),
+        )
+        return changed == 1
+
+    async def _sync_in(self, tx: Connection, sync_id: str) -> SyncRecord:
+        row = await tx.fetchone("SELECT * FROM sync_records WHERE id = ?", (sync_id,))
+        assert row is not None
+        return SyncRecord.from_row(row)
 
     async def _save_node_state(self, tx: Connection, node_id: str, ack: Ack, moment: str) -> None:
         pending = await tx.fetchone(

@@ -33,7 +33,7 @@ LEAK_MARKERS = (
 )
 
 # The documented retryability of each error code.
-RETRYABLE = {"SERVICE_UNAVAILABLE": True}
+RETRYABLE = {"SERVICE_UNAVAILABLE": True, "RATE_LIMITED": True}
 
 
 @dataclass(frozen=True)

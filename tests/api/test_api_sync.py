@@ -519,7 +519,7 @@ async def test_cached_plan_is_rerendered_before_its_urls_age(make_api, wasm, mon
     import time
     from types import SimpleNamespace
 
-    from appliance import sync_service
+    from appliance import signing, sync_service
 
     api: Api = await make_api(url_ttl_seconds=30)
     await api.upload_ok("hello", "1.0", wasm.module())
@@ -529,10 +529,15 @@ async def test_cached_plan_is_rerendered_before_its_urls_age(make_api, wasm, mon
     # 25 s later on the cache's clock: a cached URL would have 5 s of its 30 left.
     later = time.monotonic() + 25
     monkeypatch.setattr(sync_service, "time", SimpleNamespace(monotonic=lambda: later))
+    wall = time.time() + 25  # and on the signer's clock
+    monkeypatch.setattr(signing, "time", SimpleNamespace(time=lambda: wall))
     second = await api.plan(node)
-    assert second["sync_id"] != first["sync_id"], "stale signed URLs served from the cache"
+    first_url, second_url = (plan["actions"][0]["download_url"] for plan in (first, second))
+    assert second_url != first_url, "stale signed URLs served from the cache"
+    # The plan itself did not change: it is the same open sync record, handed out again.
+    assert second["sync_id"] == first["sync_id"]
     expires_in = parse_time(second["actions"][0]["url_expires_at"]) - utcnow()
-    assert expires_in > timedelta(seconds=20)
+    assert expires_in > timedelta(seconds=45)  # 30 s from the signer's "now", 25 s ahead
 
 
 async def test_history_defaults_to_twenty_records(api: Api, wasm) -> None:

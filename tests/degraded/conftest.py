@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import api_factory
 from degraded_support import (
     AppFactory,
     PgDatabase,
@@ -24,6 +23,8 @@ from degraded_support import (
     in_ci,
 )
 from s3.support import MotoServer
+
+from api_support import api_factory  # on sys.path through degraded_support  # isort: skip
 
 
 @pytest.fixture(scope="session")

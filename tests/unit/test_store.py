@@ -21,6 +21,7 @@ from appliance.store.records import (
 )
 from appliance.store.schema import MIGRATIONS
 from appliance.store.store import Store
+from appliance.store.syncs import APPLIED, REPEATED
 from edgesync.errors import (
     FunctionExists,
     InvalidEnrollmentToken,
@@ -108,7 +109,7 @@ async def open_plan(
         node_id=node_id,
         sync_type="full",
         status="pending",
-        plan_etag='"etag"',
+        plan_etag=f'"{uuid.uuid4().hex}"',  # a distinct plan each time
         started_at=format_time(utcnow()),
         completed_at=None,
         error_code=None,
@@ -117,7 +118,7 @@ async def open_plan(
         functions_removed=removed,
         schemas_applied=schemas,
     )
-    await store.open_sync(record)
+    assert await store.open_sync(record) == record.id
     return record
 
 
@@ -429,8 +430,9 @@ async def test_success_ack_saves_state_and_closes_the_record(store: Store) -> No
     sync = await open_plan(store, node.id, added=1, schemas=2)
     assert (await store.get_node(node.id)).sync_status == "pending"
     ref = FunctionRef("hello", "1.0", SHA_A)
-    record, fresh = await store.record_ack(node.id, success(sync.id, ref, schema=2), utcnow())
-    assert fresh
+    result = await store.record_ack(node.id, success(sync.id, ref, schema=2), utcnow())
+    record = result.record
+    assert result.outcome == APPLIED
     assert record.status == "success" and record.completed_at is not None
     assert (record.functions_added, record.schemas_applied) == (1, 2)
     saved = await store.get_node(node.id)
@@ -444,10 +446,10 @@ async def test_same_ack_twice_records_once(store: Store) -> None:
     node = await add_node(store, token_id)
     sync = await open_plan(store, node.id)
     ack = success(sync.id, FunctionRef("hello", "1.0", SHA_A))
-    first, fresh = await store.record_ack(node.id, ack, utcnow())
-    again, fresh_again = await store.record_ack(node.id, ack, utcnow() + timedelta(seconds=5))
-    assert fresh and not fresh_again
-    assert again == first
+    first = await store.record_ack(node.id, ack, utcnow())
+    again = await store.record_ack(node.id, ack, utcnow() + timedelta(seconds=5))
+    assert (first.outcome, again.outcome) == (APPLIED, REPEATED)
+    assert again.recorded and again.record == first.record
     assert (await store.get_node(node.id)).state_seq == 1
     assert len(await store.sync_history(node.id, 10)) == 1
 
@@ -462,8 +464,9 @@ async def test_failed_ack_records_the_error(store: Store) -> None:
         NodeState(0, ()),
         ErrorInfo("MIGRATION_FAILED", "no such table: x", {"statement": 0}, False),
     )
-    record, fresh = await store.record_ack(node.id, ack, utcnow())
-    assert fresh
+    result = await store.record_ack(node.id, ack, utcnow())
+    record = result.record
+    assert result.outcome == APPLIED
     assert (record.status, record.error_code, record.error_message) == (
         "failed",
         "MIGRATION_FAILED",
