@@ -11,9 +11,12 @@ import aiohttp
 
 from agent import __version__ as agent_version
 from edgesync.errors import EdgesyncError
+from edgesync.neterrors import origin, unreachable
 from edgesync.protocol import Ack, NodeState, Plan
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
+# Everything that means "could not talk to the server" (TimeoutError is an OSError).
+NETWORK_ERRORS = (aiohttp.ClientError, OSError)
 
 
 class ControlPlane:
@@ -55,16 +58,17 @@ class ControlPlane:
     async def _call(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any, dict[str, str]]:
-        async with self._client().request(
-            method,
-            f"{self.server}{path}",
-            json=body,
-            headers=self._headers(headers),
-            ssl=self._ssl,
-        ) as response:
-            raw = await response.read()
-            status = response.status
-            response_headers = dict(response.headers)
+        url = f"{self.server}{path}"
+        try:
+            async with self._client().request(
+                method, url, json=body, headers=self._headers(headers), ssl=self._ssl
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                response_headers = dict(response.headers)
+        except NETWORK_ERRORS as exc:
+            # In the operator CLI's words, never aiohttp's ("Cannot connect to host …").
+            raise unreachable(url, exc) from exc
         decoded = None
         if raw:
             try:
@@ -73,6 +77,13 @@ class ControlPlane:
                 decoded = None
         if status >= 400:
             raise EdgesyncError.from_envelope(status, decoded)
+        if status not in (204, 304) and not isinstance(decoded, dict):
+            raise EdgesyncError(
+                f"{origin(url)} answered HTTP {status} without a JSON object:"
+                " is --server an edgesync control plane?",
+                code="BAD_RESPONSE",
+                retryable=True,
+            )
         return status, decoded, response_headers
 
     async def register(
@@ -115,13 +126,16 @@ class ControlPlane:
 
     async def download(self, url: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
         """Stream an artifact from its signed URL (no bearer token: the URL is the credential)."""
-        async with self._client().get(url, ssl=self._ssl) as response:
-            if response.status >= 400:
-                raw = await response.read()
-                try:
-                    decoded = json.loads(raw)
-                except ValueError:
-                    decoded = None
-                raise EdgesyncError.from_envelope(response.status, decoded)
-            async for chunk in response.content.iter_chunked(chunk_size):
-                yield chunk
+        try:
+            async with self._client().get(url, ssl=self._ssl) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    try:
+                        decoded = json.loads(raw)
+                    except ValueError:
+                        decoded = None
+                    raise EdgesyncError.from_envelope(response.status, decoded)
+                async for chunk in response.content.iter_chunked(chunk_size):
+                    yield chunk
+        except NETWORK_ERRORS as exc:
+            raise unreachable(url, exc) from exc  # the origin only: the query is a signature

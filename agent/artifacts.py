@@ -15,7 +15,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
+from typing import BinaryIO
 
+from agent.datadir import make_private_dir
 from agent.failures import ArtifactCorrupt
 from agent.runtime.base import module_path, modules_dir
 
@@ -26,8 +28,8 @@ class ArtifactCache:
     def __init__(self, data_dir: Path) -> None:
         self.root = modules_dir(data_dir)
         self.tmp = self.root.parent / "tmp"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
+        make_private_dir(self.tmp)
         self._data_dir = data_dir
 
     def path(self, sha256: str) -> Path:
@@ -64,7 +66,7 @@ class ArtifactCache:
     @staticmethod
     async def _download_to(partial: Path, url: str, download: Downloader) -> str:
         digest = hashlib.sha256()
-        handle = await asyncio.to_thread(open, partial, "wb")
+        handle = await asyncio.to_thread(_create_private, partial)
         try:
             async for chunk in download(url):
                 digest.update(chunk)
@@ -75,18 +77,26 @@ class ArtifactCache:
         return digest.hexdigest()
 
     def collect(self, keep: Iterable[str]) -> list[str]:
-        """Delete modules whose hash is not in ``keep`` and stale partial files."""
+        """Delete every module whose hash is not in ``keep``, and every partial download.
+
+        Called between releases (never during a download) by the one agent that holds
+        the data dir, so anything in ``tmp`` is left by an interrupted run.
+        """
         wanted = set(keep)
         removed = []
-        for path in self.root.glob("*.wasm"):
-            if path.stem not in wanted:
+        for path in self.root.iterdir():
+            if path.name.removesuffix(".wasm") not in wanted or path.suffix != ".wasm":
                 with suppress(FileNotFoundError):
                     path.unlink()
-                removed.append(path.stem)
-        for partial in self.tmp.glob("*.part"):
+                removed.append(path.name.removesuffix(".wasm"))
+        for partial in self.tmp.iterdir():
             with suppress(FileNotFoundError):
                 partial.unlink()
         return removed
+
+
+def _create_private(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _flush(handle: object) -> None:

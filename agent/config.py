@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgesync.errors import BadConfig
+
 
 @dataclass
 class AgentConfig:
@@ -37,13 +39,13 @@ class AgentConfig:
 
     def validate(self) -> None:
         if not self.server.startswith(("http://", "https://")):
-            raise ValueError("--server must be an http:// or https:// URL")
+            raise BadConfig("--server must be an http:// or https:// URL")
         if self.runtime not in ("auto", "wasmedge", "wasmtime"):
-            raise ValueError("--runtime must be auto, wasmedge or wasmtime")
+            raise BadConfig("--runtime must be auto, wasmedge or wasmtime")
         if self.poll_interval_seconds is not None and self.poll_interval_seconds <= 0:
-            raise ValueError("--poll-interval must be positive")
+            raise BadConfig("--poll-interval must be positive")
         if self.function_timeout_seconds <= 0:
-            raise ValueError("--function-timeout must be positive")
+            raise BadConfig("--function-timeout must be positive")
         if self.mqtt_url:
             from edgesync.mqtt import parse_broker_url
 
@@ -51,4 +53,4 @@ class AgentConfig:
         if self.gateway:
             _host, sep, port = self.gateway.rpartition(":")
             if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-                raise ValueError("--gateway must be HOST:PORT")
+                raise BadConfig("--gateway must be HOST:PORT")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from edgesync.errors import EdgesyncError
+from edgesync.neterrors import describe
 from edgesync.protocol import PLAN_REJECTED, ErrorInfo
 
 __all__ = ["PLAN_REJECTED", "ArtifactCorrupt", "PermanentError", "TransientError", "classify"]
@@ -43,7 +44,7 @@ def classify(exc: BaseException) -> EdgesyncError:
     import aiohttp
 
     if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, ConnectionError)):
-        return TransientError(f"control plane unreachable: {type(exc).__name__}: {exc}")
+        return TransientError(f"network failure talking to the control plane: {describe(exc)}")
     if isinstance(exc, OSError):
         return TransientError(f"local I/O failed: {exc}")
     return PermanentError(f"{type(exc).__name__}: {exc}", code="AGENT_ERROR")

@@ -13,14 +13,26 @@ import base64
 import json
 import logging
 import os
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import datadir
 from agent.api import ControlPlane
 from agent.artifacts import ArtifactCache
-from agent.backoff import Clock, RealClock, jittered, retry_delay
+from agent.backoff import (
+    DEFAULT_POLL_SECONDS,
+    RETRY_CAP_SECONDS,
+    Clock,
+    RandomSource,
+    RealClock,
+    jittered,
+    jittered_retry,
+    retry_delay,
+    valid_poll_interval,
+)
 from agent.config import AgentConfig
 from agent.credentials import Credentials
 from agent.edgedb import EdgeDatabase
@@ -53,6 +65,15 @@ class Outcome:
 
 
 @dataclass
+class _Outage:
+    """Since when syncs fail, so that losing and regaining the control plane is
+    logged once each instead of once per retry."""
+
+    since: float | None = None
+    tries: int = 0
+
+
+@dataclass
 class _PlanTries:
     current: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -66,11 +87,13 @@ class Agent:
         runtime: Runtime,
         *,
         clock: Clock | None = None,
+        rng: RandomSource | None = None,
     ) -> None:
         config.validate()
         self.config = config
         self.runtime = runtime
         self.clock = clock or RealClock()
+        self.rng: RandomSource = rng or random.Random()
         self.data_dir = config.data_dir
         self.wake = asyncio.Event()
         # Called after each token rotation (the MQTT push listener reconnects).
@@ -85,13 +108,14 @@ class Agent:
         self._transient_failures = 0
         self._last: Outcome | None = None
         self._last_sync_at: str | None = None
+        self._outage = _Outage()
+        self._refused_poll_interval: object = None  # warned about once
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def open(self) -> None:
         """Enroll (first start) or load credentials; open the database; serve the current state."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)
+        datadir.prepare(self.data_dir)  # 0700, edge.db 0600 before SQLite opens it
         self.credentials = Credentials.load(self.data_dir)
         self.api = ControlPlane(
             self.credentials.server if self.credentials else self.config.server,
@@ -122,14 +146,22 @@ class Agent:
         answer = await self.api.register(
             self.config.enrollment_token, name, self.config.region, self.config.labels
         )
+        fields = ("node_id", "token", "token_expires_at")
+        if not all(isinstance(answer.get(key), str) for key in fields):
+            raise EdgesyncError(
+                f"{self.api.server} answered the registration without {', '.join(fields)}",
+                code="BAD_RESPONSE",
+            )
+        mqtt = answer.get("mqtt")
         credentials = Credentials(
             server=self.config.server.rstrip("/"),
             node_id=answer["node_id"],
             token=answer["token"],
             token_expires_at=answer["token_expires_at"],
             name=name,
-            poll_interval_seconds=int(answer.get("poll_interval_seconds") or 30),
-            mqtt=answer.get("mqtt"),
+            # Kept as said; checked where it is used (poll_interval).
+            poll_interval_seconds=answer.get("poll_interval_seconds", DEFAULT_POLL_SECONDS),
+            mqtt=mqtt if isinstance(mqtt, dict) else None,
         )
         credentials.save(self.data_dir)
         self.api.token = credentials.token
@@ -155,9 +187,22 @@ class Agent:
 
     @property
     def poll_interval(self) -> float:
+        """``--poll-interval``, else the control plane's if it is sane, else 30 s."""
         if self.config.poll_interval_seconds is not None:
             return self.config.poll_interval_seconds
-        return float(self.credentials.poll_interval_seconds if self.credentials else 30)
+        told = self.credentials.poll_interval_seconds if self.credentials else None
+        seconds = valid_poll_interval(told)
+        if seconds is not None:
+            return seconds
+        if told is not None and repr(told) != repr(self._refused_poll_interval):
+            self._refused_poll_interval = told
+            log.warning(
+                "ignoring the control plane's poll interval %.40r (not a number of seconds"
+                " between 1 and 86400); polling every %g s",
+                told,
+                DEFAULT_POLL_SECONDS,
+            )
+        return DEFAULT_POLL_SECONDS
 
     # -- the loop -------------------------------------------------------------------
 
@@ -173,13 +218,15 @@ class Agent:
             await self.clock.sleep(delay, self.wake)
 
     def next_delay(self, outcome: Outcome) -> float:
+        """Transient failures: full jitter under the documented schedule (a fleet cut off
+        together must not come back in lockstep). A plan tried again: the schedule."""
         if outcome.kind == "unreachable":
-            return retry_delay(self._transient_failures)
+            return jittered_retry(self._transient_failures, self.rng)
         if outcome.kind == "failed" and outcome.error is not None:
             if outcome.error.retryable:
-                return retry_delay(self._transient_failures)
+                return jittered_retry(self._transient_failures, self.rng)
             return retry_delay(self._tries.counts.get(self._tries.current or "", 1))
-        return jittered(self.poll_interval)
+        return jittered(self.poll_interval, self.rng)
 
     async def sync_once(self) -> Outcome:
         """Heartbeat, maybe rotate the token, fetch the plan, apply it, ack."""
@@ -194,8 +241,11 @@ class Agent:
             plan = await self.api.plan(self.node_id, None if repair else self._etag, full=repair)
         except Exception as exc:
             self._transient_failures += 1
-            return self._record(Outcome("unreachable", classify(exc)))
+            error = classify(exc)
+            self._lost(error)
+            return self._record(Outcome("unreachable", error))
         self._transient_failures = 0
+        self._regained()
         if plan is None:
             return self._record(Outcome("unchanged", state=local))
         if not repair:
@@ -218,6 +268,8 @@ class Agent:
             if error.retryable:
                 self._transient_failures += 1
                 await self._ack(plan.sync_id, "failed", state, error_info(error))
+                # Keep what the retry will need (its downloads), drop anything else.
+                self.reconciler.collect(state, also_keep=plan.target.functions)
                 return Outcome("failed", error, state)
             tries = self._tries.counts.get(key, 0) + 1
             # Only the target being tried counts: a newer target starts afresh.
@@ -225,7 +277,9 @@ class Agent:
             self._tries.current = key
             if tries < self.config.max_tries:
                 await self._ack(plan.sync_id, "failed", state, error_info(error))
+                self.reconciler.collect(state, also_keep=plan.target.functions)
                 return Outcome("failed", error, state)
+            self.reconciler.collect(state)
             return await self._reject(plan, key, tries, error, state)
         self._tries.counts.pop(key, None)
         self._transient_failures = 0
@@ -289,6 +343,33 @@ class Agent:
         for listener in self.token_listeners:  # e.g. MQTT push logs in again
             listener()
 
+    def _lost(self, error: EdgesyncError) -> None:
+        """Log the first failed sync of an outage (WARNING); the retries only at DEBUG."""
+        outage = self._outage
+        outage.tries += 1
+        if outage.since is not None:
+            log.debug("sync try %d failed: %s", outage.tries, error)
+            return
+        outage.since = self.clock.time()
+        log.warning(
+            "lost the control plane: %s; serving the current release and retrying"
+            " with backoff (at most %g s apart)",
+            error,
+            RETRY_CAP_SECONDS,
+        )
+
+    def _regained(self) -> None:
+        outage = self._outage
+        if outage.since is None:
+            return
+        log.info(
+            "control plane %s reachable again after %d failed syncs (%.0f s)",
+            self.api.server if self.api else self.config.server,
+            outage.tries,
+            max(0.0, self.clock.time() - outage.since),
+        )
+        self._outage = _Outage()
+
     # -- status ---------------------------------------------------------------------
 
     def _record(self, outcome: Outcome) -> Outcome:
@@ -313,9 +394,7 @@ class Agent:
             "rejected_plans": list(self._tries.rejected.values()),
             "pid": os.getpid(),
         }
-        partial = self.data_dir / f".{STATUS_FILE}.tmp"
-        partial.write_text(json.dumps(status, indent=2))
-        os.replace(partial, self.data_dir / STATUS_FILE)
+        datadir.write_private(self.data_dir / STATUS_FILE, json.dumps(status, indent=2).encode())
 
 
 def _token_lifetime(token: str) -> tuple[float | None, float | None]:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 
 from aiohttp import web
 
 from agent.config import AgentConfig
+from agent.datadir import DataDirLock, make_private_dir
 from agent.gateway import make_gateway
 from agent.loop import Agent
 from agent.push import PushListener
 from agent.runtime.base import Limits
+from edgesync.listen import bind_tcp
 
 log = logging.getLogger("edgesync.agent")
 
@@ -23,11 +27,30 @@ def limits_of(config: AgentConfig) -> Limits:
 
 
 async def serve(config: AgentConfig) -> int:
-    """Run until SIGTERM/SIGINT (or one sync with ``--once``); return the exit code."""
+    """Run until SIGTERM/SIGINT (or one sync with ``--once``); return the exit code.
+
+    Order matters for a start that fails: the gateway's port is bound, then the data
+    dir locked, before anything is written, so a busy port or a second agent leaves
+    no trace (and spends no enrollment-token use on an enrolment that cannot run).
+    """
     from agent.runtime import open_runtime
 
-    runtime = await asyncio.to_thread(open_runtime, config.runtime, config.data_dir)
-    agent = Agent(config, runtime)
+    address = None if config.once else config.gateway_address
+    listeners = bind_tcp(*address, what="serve the gateway") if address else []
+    lock = DataDirLock(config.data_dir)
+    try:
+        make_private_dir(config.data_dir)
+        lock.acquire()
+        runtime = await asyncio.to_thread(open_runtime, config.runtime, config.data_dir)
+        return await _serve(config, Agent(config, runtime), listeners)
+    finally:
+        for sock in listeners:
+            sock.close()
+        lock.release()
+
+
+async def _serve(config: AgentConfig, agent: Agent, listeners: list[socket.socket]) -> int:
+    runtime = agent.runtime
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, agent.stop)
@@ -48,12 +71,13 @@ async def serve(config: AgentConfig) -> int:
         push = push_listener(config, agent)
         if push is not None:
             push.start()
-        address = config.gateway_address
-        if address is not None:
+        if listeners:
             runner = web.AppRunner(make_gateway(runtime, limits_of(config)), access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, address[0], address[1]).start()
-            log.info("gateway on http://%s:%s", *address)
+            for sock in listeners:
+                await web.SockSite(runner, sock).start()
+            host, port = listeners[0].getsockname()[:2]
+            log.info("gateway on http://%s:%s", f"[{host}]" if ":" in host else host, port)
         await agent.run()
         return 0
     finally:
@@ -98,4 +122,5 @@ def push_listener(config: AgentConfig, agent: Agent) -> PushListener | None:
 
 
 def run(config: AgentConfig) -> int:
+    os.umask(0o077)  # whatever the agent (or a library under it) creates is the node's own
     return asyncio.run(serve(config))

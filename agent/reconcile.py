@@ -19,13 +19,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from agent.artifacts import ArtifactCache, Downloader
 from agent.edgedb import EdgeDatabase
 from agent.failures import PlanInconsistent
-from agent.runtime.base import Runtime
+from agent.runtime.base import Runtime, collect_compiled
 from edgesync.protocol import ApplySchema, DeployFunction, FunctionRef, NodeState, Plan
 
 log = logging.getLogger("edgesync.agent")
@@ -110,10 +110,20 @@ class Reconciler:
         """Functions the state names whose verified module is not in the cache."""
         return [ref for ref in state.functions if not self.cache.has(ref.sha256)]
 
-    def collect(self, state: NodeState) -> None:
-        keep = {ref.sha256 for ref in state.functions}
-        for sha256 in self.cache.collect(keep):
-            self.runtime.forget(sha256)
+    def collect(self, state: NodeState, *, also_keep: Iterable[FunctionRef] = ()) -> None:
+        """Remove every file no state refers to: modules, compiled outputs, temporaries.
+
+        Derived from ``state`` (plus ``also_keep``: a target about to be tried again),
+        never from what this run deleted, so whatever an interrupted run left behind
+        goes too. Called at start-up and after every release.
+        """
+        keep = {ref.sha256 for ref in (*state.functions, *also_keep)}
+        try:
+            for sha256 in self.cache.collect(keep):
+                self.runtime.forget(sha256)
+            collect_compiled(self.data_dir, keep)
+        except OSError as exc:  # the node runs on; the next collection tries again
+            log.warning("cannot remove unused files: %s", exc)
 
     async def _in_thread_checkpoint(self, point: str) -> None:
         await asyncio.to_thread(self._checkpoint, point)

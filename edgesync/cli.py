@@ -6,9 +6,10 @@ so ``edgesync --help`` never pays for aiohttp, wasmtime or libsql.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -55,5 +56,38 @@ def cli() -> None:
     """edgesync: WebAssembly functions and the SQL schema they need, at the edge."""
 
 
-def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgesync")
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the command line; every failure ends in one ``error: MESSAGE (CODE)`` line.
+
+    The one place errors are rendered (edgesync.reporting): commands raise, never print
+    their own failures, so all of them read alike and none ends in a traceback.
+    """
+    args = argv if argv is not None else sys.argv[1:]
+    try:
+        result: Any = cli.main(args=args, prog_name="edgesync", standalone_mode=False)
+    except SystemExit:
+        raise  # a command chose its exit code (agent --once, invoke)
+    except (Exception, KeyboardInterrupt) as exc:
+        from edgesync.reporting import EXIT_FAILURE, debugging, failure_of
+
+        if debugging():
+            raise
+        failure = failure_of(exc)
+        if failure.code == "OUTPUT_CLOSED":
+            _silence_stdout()
+        try:
+            click.echo(failure.line, err=True)
+        except OSError:
+            pass  # stderr is gone too: the exit code still tells
+        sys.exit(failure.exit_code or EXIT_FAILURE)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _silence_stdout() -> None:
+    """stdout's reader went away (``| head``): drop what is still buffered for it."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from edgesync.errors import EdgesyncError
+from edgesync.neterrors import unreachable
 
 CHUNK = 256 * 1024
 
@@ -26,8 +27,12 @@ class ApiClient:
     def __init__(
         self, server: str, token: str | None, *, timeout: float = 60, ca_file: str | None = None
     ) -> None:
-        parts = urlsplit(server.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(server.rstrip("/"))
+            parts.port  # noqa: B018 -- raises on a port out of range or not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise EdgesyncError(
                 f"server URL must look like http://host:port, not {server!r}", code="BAD_CONFIG"
             )
@@ -116,11 +121,7 @@ class ApiClient:
             response = connection.getresponse()
             raw = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise EdgesyncError(
-                f"cannot reach {self._parts.scheme}://{self._parts.netloc}: {exc}",
-                code="UNREACHABLE",
-                retryable=True,
-            ) from exc
+            raise unreachable(self._parts.geturl(), exc) from exc
         finally:
             connection.close()
         if response.status == 204:

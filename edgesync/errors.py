@@ -71,7 +71,8 @@ class EdgesyncError(Exception):
         )
 
     def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+        # The one form of every CLI error line and log line: ``MESSAGE (CODE)``.
+        return f"{self.message} ({self.code})"
 
 
 class BadRequest(EdgesyncError):
@@ -184,6 +185,13 @@ class RateLimited(EdgesyncError):
         headers = dict(kwargs.pop("headers", None) or {})
         headers.setdefault("Retry-After", str(retry_after))
         super().__init__(message, headers=headers, **kwargs)
+
+
+class BadConfig(EdgesyncError, ValueError):
+    """A setting or a local file the command cannot use (a ValueError for old callers)."""
+
+    code = "BAD_CONFIG"
+    status = 400
 
 
 class InternalError(EdgesyncError):

@@ -62,6 +62,9 @@ GREETING = "hello from edgesync v1: "  # in examples/hello.wat; v2 and v3 change
 WRAPPERS = ("PLAN_REJECTED", "SUPERSEDED")
 
 T = TypeVar("T")
+# The tour runs the commands it shows; without these tools it says what it does instead.
+CURL = shutil.which("curl")
+SQLITE3 = shutil.which("sqlite3")
 
 
 class DemoError(Exception):
@@ -112,6 +115,38 @@ class Shell:
         if secret is not None:
             words = [w.replace(secret, "$ENROLLMENT_TOKEN") for w in words]
         print(f"  $ {' '.join(words)}{suffix}", flush=True)
+
+    def run(self, argv: list[str]) -> str:
+        """Show ``argv`` and run exactly it in the work dir; its stdout, or DemoError."""
+        self.show(argv)
+        result = subprocess.run(
+            argv, cwd=self.work, capture_output=True, timeout=CLI_TIMEOUT, check=False
+        )
+        out = result.stdout.decode(errors="replace")
+        if result.returncode != 0:
+            err = result.stderr.decode(errors="replace").strip()
+            raise DemoError(f"{argv[0]} exited {result.returncode}: {err or out}")
+        return out
+
+
+def resolve_command(words: list[str]) -> list[str]:
+    """``--edgesync`` as given, with the files it names made absolute.
+
+    The subprocesses run in the work dir, so ``python3 dist/edgesync.pyz`` must name
+    the zipapp relative to where the demo was started, not to the work dir.
+    """
+    if not words:
+        raise DemoError("--edgesync is empty")
+    resolved = []
+    for index, word in enumerate(words):
+        path = Path(word).expanduser()
+        if not word.startswith("-") and (os.sep in word or path.is_file()) and path.exists():
+            resolved.append(str(path.resolve()))
+        elif index == 0 and shutil.which(word) is None:
+            raise DemoError(f"--edgesync: {word!r} is neither a file nor a command on PATH")
+        else:
+            resolved.append(word)
+    return resolved
 
 
 # -- plumbing -------------------------------------------------------------------------
@@ -305,7 +340,11 @@ class EdgeNode(Service):
 
     def invoke(self, function: str, body: str, shell: Shell) -> str:
         url = f"{self.gateway}/functions/{function}"
-        shell.show(["curl", "-s", "-X", "POST", "--data-binary", body, url])
+        if CURL:  # what is shown is what runs
+            return shell.run(
+                ["curl", "-sS", "--fail-with-body", "--data-binary", body, url]
+            ).strip()
+        print(f"  POST {url}  (body {body!r}, sent with urllib: no curl here)", flush=True)
         try:
             status, text = http("POST", url, body.encode())
         except OSError as exc:
@@ -325,7 +364,11 @@ class EdgeNode(Service):
 
     def write(self, sql: str, shell: Shell) -> None:
         """Write to edge.db as an application on the node would."""
-        print(f'  $ sqlite3 {self.home.name}/edge.db "{sql}"', flush=True)
+        database = f"{self.home.name}/edge.db"
+        if SQLITE3:  # what is shown is what runs; the agent may hold the write lock a moment
+            shell.run(["sqlite3", "-cmd", ".timeout 10000", database, sql])
+            return
+        print(f"  {database} <- {sql}  (with Python's sqlite3: no sqlite3 CLI here)", flush=True)
         connection = sqlite3.connect(self.home / "edge.db", timeout=10)
         try:
             with connection:
@@ -369,6 +412,7 @@ class Demo:
         started = time.monotonic()
         heading("edgesync demo: one control plane, two edge agents, three releases")
         note(f"working in {self.work}: paths are relative to it, examples/... to the repository")
+        note(f"edgesync here is: {shlex.join(self.edgesync)}")
         self.start_server()
         self.enroll()
         self.release_1()
@@ -649,8 +693,13 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (data and logs)")
     args = parser.parse_args()
+    try:
+        edgesync = resolve_command(shlex.split(args.edgesync))
+    except DemoError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="edgesync-demo-"))
-    demo = Demo(shlex.split(args.edgesync), work)
+    demo = Demo(edgesync, work)
     try:
         demo.run()
     except KeyboardInterrupt:

@@ -12,14 +12,26 @@ Lifecycle, matching the agent's atomic release:
    failure here aborts the release while nothing has changed.
 2. ``activate(table)`` after commit: switch the whole function table at once
    (name -> FunctionRef). Cannot fail for prepared modules.
-3. ``forget(sha256)`` when no state refers to a module any more.
+3. ``forget(sha256)`` when no state refers to a module any more: drop what is held
+   in memory for it.
+
+Files are collected from state, in one place for every runtime: compiled outputs
+are named ``<runtime>-<sha256>[.<ext>]`` in :func:`compiled_dir` (files or
+directories) and written through :func:`compile_output`, so
+:func:`collect_compiled` removes whatever no kept module names, and any temporary
+file no live compile holds, whichever process was interrupted doing what.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import re
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -138,6 +150,89 @@ def env_pairs(env: Mapping[str, str]) -> list[tuple[str, str]]:
 def compiled_dir(data_dir: Path) -> Path:
     """Where runtimes keep compiled modules (``<runtime>-<sha256>.<ext>``)."""
     return data_dir / "compiled"
+
+
+#: ``<runtime>-<sha256>`` then optionally ``.<anything>``: the module a compiled output is of.
+COMPILED_NAME = re.compile(r"[a-z0-9_]+-(?P<sha256>[0-9a-f]{64})(?:\..*)?", re.DOTALL)
+
+
+@contextlib.contextmanager
+def compile_output(final: Path) -> Iterator[Path]:
+    """A temporary path beside ``final`` to compile into; renamed onto ``final`` on success.
+
+    The temporary file (``.<final name>.<random>``, mode 0600) is ``flock``-ed until
+    renamed or removed: :func:`collect_compiled`, in this process or another, removes
+    only temporary files nobody holds, so a live compile is never taken for debris
+    and a killed one's never outlives the next collection.
+    """
+    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    temporary = Path(name)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield temporary
+        with open(temporary, "rb+") as written:  # the compiler may have used its own fd
+            os.fsync(written.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    finally:
+        os.close(fd)
+
+
+def collect_compiled(data_dir: Path, keep: Set[str]) -> list[Path]:
+    """Remove compiled outputs of modules not in ``keep`` and abandoned temporary files.
+
+    Derived from state alone: an output of a module no state names goes, whether its
+    source was collected just now or by a run killed half-way through.
+    """
+    directory = compiled_dir(data_dir)
+    removed: list[Path] = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith("."):
+            gone = _remove_if_abandoned(entry)
+        else:
+            match = COMPILED_NAME.fullmatch(entry.name)
+            gone = match is not None and match["sha256"] not in keep and _remove(entry)
+        if gone:
+            removed.append(entry)
+    return removed
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    """Remove a temporary file unless a live :func:`compile_output` holds its lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a symbolic link: no compile writes through one
+        return path.is_symlink() and _remove(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False  # being written right now
+    try:
+        return _remove(path)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> bool:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def sweep_compile_leftovers(directory: Path, older_than_seconds: float = 3600.0) -> None:

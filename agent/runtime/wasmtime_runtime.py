@@ -23,8 +23,9 @@ step by step end there), or when stderr says it ran out of memory (wasi-libc
 programs, Rust's "memory allocation of N bytes failed", Go's "out of memory").
 
 Compiled modules are cached by hash in memory and, serialized, in
-``<data_dir>/compiled/wasmtime-<sha256>.cwasm`` (written atomically here; only
-those files are ever deserialized), so a restart skips Cranelift.
+``<data_dir>/compiled/wasmtime-<sha256>.cwasm`` (written atomically through
+``compile_output``; only those files are ever deserialized), so a restart skips
+Cranelift. The agent collects them from state (``collect_compiled``).
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ from agent.runtime.base import (
     Limits,
     ModuleRejected,
     RuntimeUnavailable,
+    compile_output,
     compiled_dir,
     env_pairs,
     function_failed,
     module_path,
-    sweep_compile_leftovers,
 )
 from edgesync.protocol import FunctionRef
 
@@ -333,7 +334,6 @@ class WasmtimeRuntime:
         self._workers = _Workers(size)
         self._max_deadline = 0  # the largest epoch deadline (in ticks) handed out
         self._closed = False
-        sweep_compile_leftovers(self._compiled)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -351,10 +351,9 @@ class WasmtimeRuntime:
         return dict(self._table)
 
     def forget(self, sha256: str) -> None:
+        # Its .cwasm is collected with every other file no state names (collect_compiled).
         with self._compile_lock:
             self._modules.pop(sha256, None)
-            with contextlib.suppress(OSError):
-                self._cwasm(sha256).unlink()
 
     def close(self) -> None:
         """Stop the ticker and the workers; guests still running are interrupted."""
@@ -411,18 +410,8 @@ class WasmtimeRuntime:
     def _store_compiled(self, path: Path, module: wasmtime.Module) -> None:
         """Write the serialized module atomically; a failure only costs a recompile."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(module.serialize())
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with compile_output(path) as partial:
+                partial.write_bytes(module.serialize())
         except (OSError, wasmtime.WasmtimeError) as exc:
             log.warning("cannot cache compiled module %s: %s", path.name, exc)
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import click
 
-from edgesync.errors import EdgesyncError
-
 DATA_DIR = click.option(
     "--data-dir",
     required=True,
@@ -133,15 +131,11 @@ def agent(
         mqtt=mqtt,
         mqtt_url=mqtt_url or None,
     )
-    try:
-        config.validate()
-        from agent.main import run
+    config.validate()
+    from agent.main import run
 
-        code = run(config)
-    except (EdgesyncError, ValueError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    sys.exit(code)
+    # Failures raise and are rendered once, as ``error: MESSAGE (CODE)``, by edgesync.cli.
+    sys.exit(run(config))
 
 
 @agent.command("status")
@@ -168,10 +162,6 @@ def invoke(data_dir: Path, name: str, runtime: str, timeout: float, memory_mb: i
     """Run deployed function NAME with stdin as its input; print its stdout."""
     from agent.status import invoke_local
 
-    try:
-        output = invoke_local(data_dir, name, sys.stdin.buffer.read(), runtime, timeout, memory_mb)
-    except EdgesyncError as exc:
-        click.echo(f"error: {exc.message} ({exc.code})", err=True)
-        sys.exit(1)
+    output = invoke_local(data_dir, name, sys.stdin.buffer.read(), runtime, timeout, memory_mb)
     sys.stdout.buffer.write(output)
     sys.stdout.buffer.flush()

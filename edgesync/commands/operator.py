@@ -1,8 +1,8 @@
 """Operator commands: thin wrappers over :class:`edgesync.client.ApiClient`.
 
 Every command takes ``--server``/``--token`` (or ``EDGESYNC_SERVER`` /
-``EDGESYNC_TOKEN``). An API error prints the envelope's message on one line to
-stderr and exits 1.
+``EDGESYNC_TOKEN``). An API error (or any other) ends the command in one line
+``error: MESSAGE (CODE)`` on stderr and exit 1, rendered by ``edgesync.reporting``.
 """
 
 from __future__ import annotations
@@ -26,17 +26,13 @@ PROGRESS_THRESHOLD = 4 * 1024 * 1024
 
 
 def api_command(func: F) -> F:
-    """Add --server/--token and turn API errors into one line and exit 1."""
+    """Add --server/--token and hand the command a client (errors: edgesync.reporting)."""
 
     @click.option("--server", envvar="EDGESYNC_SERVER", help="Control plane URL (EDGESYNC_SERVER).")
     @click.option("--token", envvar="EDGESYNC_TOKEN", help="Admin token (EDGESYNC_TOKEN).")
     @functools.wraps(func)
     def wrapper(server: str | None, token: str | None, **kwargs: Any) -> Any:
-        try:
-            return func(client_from(server, token), **kwargs)
-        except EdgesyncError as exc:
-            click.echo(f"error: {exc.message} ({exc.code})", err=True)
-            sys.exit(1)
+        return func(client_from(server, token), **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -153,10 +149,17 @@ def schema_add(
     body = {
         "version": version,
         "description": description,
-        "up_sql": up_file.read_text(),
-        "down_sql": down_file.read_text() if down_file else None,
+        "up_sql": _sql_file(up_file),
+        "down_sql": _sql_file(down_file) if down_file else None,
     }
     emit(client.request("POST", "/api/v1/schemas", body))
+
+
+def _sql_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EdgesyncError(f"{path} is not UTF-8 text", code="BAD_INPUT") from exc
 
 
 @schema.command("list")

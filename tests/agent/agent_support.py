@@ -367,6 +367,7 @@ async def new_agent(
     enroll: bool = True,
     runtime: str = "wasmtime",
     clock: FakeClock | None = None,
+    rng: Any = None,
     **config: Any,
 ) -> Agent:
     """An opened in-process agent (enrolled on first use of ``data_dir``)."""
@@ -383,7 +384,7 @@ async def new_agent(
     if enroll and not (data_dir / "node.json").exists():
         settings["enrollment_token"] = await cp.enrollment_token()
     instance = open_runtime(runtime, data_dir)
-    agent = Agent(AgentConfig(**settings), instance, clock=clock or FakeClock())
+    agent = Agent(AgentConfig(**settings), instance, clock=clock or FakeClock(), rng=rng)
     try:
         await agent.open()
     except BaseException:

@@ -26,6 +26,7 @@ from agent.runtime.base import (
     ModuleRejected,
     Runtime,
     RuntimeUnavailable,
+    collect_compiled,
     compiled_dir,
     module_path,
 )
@@ -475,6 +476,10 @@ async def test_prepare_is_cached(
         assert (await fresh.invoke("echo", b"again", {}, LIMITS)).stdout == b"again"
         assert compiled.stat().st_mtime_ns == stamp
         fresh.forget(sha)
+        # Files are collected from state, for every runtime alike: no state keeps it.
+        assert collect_compiled(runtime_data_dir, {sha}) == []
+        assert compiled.exists()
+        assert collect_compiled(runtime_data_dir, set()) == [compiled]
         assert not compiled.exists()
     finally:
         fresh.close()
