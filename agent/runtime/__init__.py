@@ -1,67 +1,86 @@
 """WASM runtimes behind one interface (:mod:`agent.runtime.base`).
 
-``open_runtime("auto", data_dir)`` picks WasmEdge when a working ``wasmedge`` is
-installed and the bundled wasmtime otherwise; ``"wasmedge"`` and ``"wasmtime"``
-insist. The implementations are imported lazily: wasmtime loads a 20 MB native
-library, and an agent on WasmEdge never needs it.
+``open_runtime("auto", data_dir)`` picks WasmEdge when one is installed and runs,
+and the bundled wasmtime otherwise, and logs which and why; ``"wasmedge"`` and
+``"wasmtime"`` insist (no silent fallback: :class:`RuntimeUnavailable`). The
+implementations are imported lazily: wasmtime loads a 20 MB native library, and an
+agent on WasmEdge never needs it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.runtime.base import Runtime, RuntimeUnavailable
+from agent.runtime.base import Limits, Runtime, RuntimeUnavailable
+
+if TYPE_CHECKING:
+    from agent.runtime.wasmedge.discovery import Installation
 
 log = logging.getLogger("edgesync.runtime")
 
 KINDS = ("auto", "wasmedge", "wasmtime")
-#: Names a ``wasmedge`` executable (or a wrapper script) to use instead of PATH's.
+#: Names a ``wasmedge`` executable or a WasmEdge root folder to use first.
 WASMEDGE_ENV = "EDGESYNC_WASMEDGE"
 
 
-def find_wasmedge() -> list[str] | None:
-    """The command prefix that runs WasmEdge, or None.
+def find_wasmedge() -> Installation | None:
+    """The WasmEdge installation the search order finds, or None (none, or not working)."""
+    from agent.runtime.wasmedge.discovery import find_installation
 
-    ``$EDGESYNC_WASMEDGE`` when set (it must name an executable file), otherwise
-    ``wasmedge`` on ``PATH``. Whether it actually runs is checked by
-    :func:`open_runtime`.
-    """
-    configured = os.environ.get(WASMEDGE_ENV, "").strip()
-    if configured:
-        path = Path(configured).expanduser()
-        if path.is_file() and os.access(path, os.X_OK):
-            return [str(path.resolve())]
-        log.warning("%s=%s is not an executable file", WASMEDGE_ENV, configured)
+    try:
+        return find_installation()
+    except RuntimeUnavailable as exc:
+        log.warning("%s", exc.message)
         return None
-    found = shutil.which("wasmedge")
-    return [found] if found else None
 
 
-def open_runtime(kind: str, data_dir: Path) -> Runtime:
+def open_runtime(kind: str, data_dir: Path, limits: Limits | None = None) -> Runtime:
     """The runtime ``kind`` (auto | wasmedge | wasmtime) keeping its files in ``data_dir``.
 
-    Raises :class:`RuntimeUnavailable` when ``wasmedge`` is asked for and none
-    works; ``auto`` then falls back to wasmtime.
+    ``limits`` are the node's function limits: a module declaring more memory than
+    ``limits.memory_bytes`` is refused at deploy. Raises :class:`RuntimeUnavailable`
+    when ``wasmedge`` is asked for and none works.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown runtime {kind!r}: expected one of {', '.join(KINDS)}")
     if kind in ("auto", "wasmedge"):
-        from agent.runtime.wasmedge_runtime import WasmEdgeRuntime, wasmedge_version
+        from agent.runtime.wasmedge.discovery import find_installation
+        from agent.runtime.wasmedge.runtime import open_wasmedge
 
-        command = find_wasmedge()
-        version = wasmedge_version(command) if command else None
-        if command and version:
-            log.info("runtime: %s (%s)", version, command[0])
-            return WasmEdgeRuntime(data_dir, command, version=version)
-        why = "no wasmedge found" if not command else f"{command[0]} does not run"
-        if kind == "wasmedge":
-            raise RuntimeUnavailable(
-                f"WasmEdge is not available ({why}); install it or set {WASMEDGE_ENV}"
+        try:
+            installation = find_installation()
+            if installation is None:
+                raise RuntimeUnavailable(
+                    f"no WasmEdge found (${WASMEDGE_ENV}, build/wasmedge.sh's .wasmedge/, "
+                    "wasmedge on PATH, /usr/lib/*/libwasmedge.so.0)"
+                )
+            runtime = open_wasmedge(data_dir, installation, limits)
+        except RuntimeUnavailable as exc:
+            if kind == "wasmedge":
+                raise RuntimeUnavailable(
+                    f"WasmEdge is not available: {exc.message}; install it or set {WASMEDGE_ENV}"
+                ) from exc
+            log.info("runtime: wasmtime, because %s", exc.message)
+        else:
+            how = "chosen" if kind == "wasmedge" else "auto: WasmEdge found and working"
+            log.info(
+                "runtime: wasmedge %s (%s; %s, library %s)",
+                runtime.version,
+                how,
+                installation.source,
+                installation.library,
             )
-        log.info("runtime: wasmtime (%s)", why)
+            return runtime
     from agent.runtime.wasmtime_runtime import WasmtimeRuntime
 
-    return WasmtimeRuntime(data_dir)
+    if kind == "wasmtime":
+        log.info("runtime: wasmtime (chosen)")
+    return WasmtimeRuntime(data_dir, limits=limits)
+
+
+def runtime_version(runtime: Runtime) -> str | None:
+    """The version of the engine behind ``runtime`` (None when it cannot tell)."""
+    version = getattr(runtime, "version", None)
+    return str(version) if version else None

@@ -3,7 +3,7 @@
 A runtime runs WASI preview 1 *command* modules: ``_start`` with the request
 body on stdin, its stdout as the answer. Two implementations pass one shared
 test suite (tests/agent/test_runtimes.py): wasmtime in process, WasmEdge
-through its CLI.
+through its C API in worker processes.
 
 Lifecycle, matching the agent's atomic release:
 
@@ -62,7 +62,8 @@ class FunctionFailed(EdgesyncError):
 
     ``code`` is one of FUNCTION_TRAP, FUNCTION_EXIT, FUNCTION_TIMEOUT,
     FUNCTION_MEMORY_LIMIT, FUNCTION_OUTPUT_LIMIT (stdout over
-    ``Limits.max_output_bytes``); the gateway answers 502 with this envelope.
+    ``Limits.max_output_bytes``), FUNCTION_FAILED (the process running it died:
+    WasmEdge's worker was killed or crashed); the gateway answers 502 with this envelope.
     ``details`` holds ``function``, ``runtime``, ``stderr`` (its tail) and, per
     code, ``exit_code`` or ``reason``.
     """
@@ -70,6 +71,14 @@ class FunctionFailed(EdgesyncError):
     status = 502
     code = "FUNCTION_TRAP"
 
+
+#: What programs print when an allocation failed (wasi-libc, Rust, Go, Python): a
+#: failed run saying so is FUNCTION_MEMORY_LIMIT, not a trap or an exit.
+OUT_OF_MEMORY = re.compile(
+    rb"out of memory|memory allocation of \d+ bytes failed|cannot allocate memory"
+    rb"|memory\.grow failed|MemoryError",
+    re.IGNORECASE,
+)
 
 #: How much of a failed function's stderr an error's details carry (its end).
 STDERR_TAIL_BYTES = 2048
@@ -91,7 +100,11 @@ class FunctionNotDeployed(EdgesyncError):
 
 
 class ModuleRejected(EdgesyncError):
-    """The runtime cannot load a module (compile or AOT failure): permanent."""
+    """The runtime cannot load a module (compile or AOT failure): permanent.
+
+    ``INVALID_MODULE`` for what is no valid WASI command; ``MODULE_REJECTED`` for a
+    valid one this node refuses to run (its declared memory exceeds the limit).
+    """
 
     status = 422
     code = "INVALID_MODULE"

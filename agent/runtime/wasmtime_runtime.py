@@ -34,16 +34,15 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
-import hashlib
+import importlib.metadata
 import logging
 import math
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 
 from agent.runtime.base import (
+    OUT_OF_MEMORY,
     FunctionNotDeployed,
     Invocation,
     Limits,
@@ -63,7 +63,9 @@ from agent.runtime.base import (
     function_failed,
     module_path,
 )
-from edgesync.protocol import FunctionRef
+from agent.runtime.fdio import pread_all
+from agent.runtime.module_info import read_deployable
+from agent.runtime.table import FunctionTable, prepare_in_parallel
 
 log = logging.getLogger("edgesync.runtime.wasmtime")
 
@@ -74,11 +76,7 @@ BACKSTOP_GRACE_SECONDS = 1.0
 #: stderr beyond this is cut by the watchdog; only its end is kept for errors.
 STDERR_LIMIT = 1024 * 1024
 STDERR_KEEP = 64 * 1024
-OUT_OF_MEMORY = re.compile(
-    rb"out of memory|memory allocation of \d+ bytes failed|cannot allocate memory"
-    rb"|memory\.grow failed|MemoryError",
-    re.IGNORECASE,
-)
+_VERSION = importlib.metadata.version("wasmtime")
 _set_stdin_bytes = getattr(wasmtime_ffi, "wasi_config_set_stdin_bytes", None)
 
 
@@ -96,18 +94,6 @@ def _scratch_file(name: str) -> tuple[int, str, bool]:
     directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
     fd, path = tempfile.mkstemp(prefix=f"{name}-", dir=directory)
     return fd, path, True
-
-
-def _pread_all(fd: int, size: int, offset: int = 0) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 class _Spool:
@@ -149,10 +135,10 @@ class _Spool:
         size = os.fstat(self.out_fd).st_size
         self.out_overflow = self.out_overflow or size > self.out_limit
         if want_stdout and not self.out_overflow:
-            stdout = _pread_all(self.out_fd, size)
+            stdout = pread_all(self.out_fd, size)
         err_size = os.fstat(self.err_fd).st_size
         keep = min(err_size, STDERR_KEEP)
-        stderr = _pread_all(self.err_fd, keep, err_size - keep)
+        stderr = pread_all(self.err_fd, keep, err_size - keep)
         if self.err_overflow:
             stderr = stderr.lstrip(b"\0")
         if size:
@@ -309,15 +295,23 @@ class _Workers:
                 pass  # the loop is closed: nobody waits for this result any more
 
 
-class WasmtimeRuntime:
+class WasmtimeRuntime(FunctionTable):
     """The :class:`~agent.runtime.base.Runtime` on wasmtime, in this process."""
 
     name = "wasmtime"
+    version = _VERSION
 
     def __init__(
-        self, data_dir: Path, *, workers: int | None = None, tick_seconds: float = 0.005
+        self,
+        data_dir: Path,
+        *,
+        limits: Limits | None = None,
+        workers: int | None = None,
+        tick_seconds: float = 0.005,
     ) -> None:
+        super().__init__()
         self._data_dir = data_dir
+        self._limits = limits or Limits()
         self._compiled = compiled_dir(data_dir)
         self._tick = tick_seconds
         config = wasmtime.Config()
@@ -327,7 +321,6 @@ class WasmtimeRuntime:
         self._linker.define_wasi()
         self._modules: dict[str, _Loaded] = {}
         self._compile_lock = threading.Lock()
-        self._table: dict[str, FunctionRef] = {}
         self._spools = _SpoolPool()
         self._ticker = _EpochTicker(self._engine, tick_seconds)
         size = workers or max(4, min(32, 4 * (os.cpu_count() or 1)))
@@ -344,11 +337,9 @@ class WasmtimeRuntime:
             if sha256 not in self._modules:
                 self._modules[sha256] = self._load(sha256, module_path)
 
-    def activate(self, table: Mapping[str, FunctionRef]) -> None:
-        self._table = dict(table)  # one reference swap: readers see old or new
-
-    def functions(self) -> dict[str, FunctionRef]:
-        return dict(self._table)
+    def prepare_many(self, modules: Iterable[tuple[str, Path]]) -> None:
+        """:meth:`prepare` each; Cranelift releases the GIL, so compiles overlap."""
+        prepare_in_parallel(self.prepare, modules, os.cpu_count() or 1)
 
     def forget(self, sha256: str) -> None:
         # Its .cwasm is collected with every other file no state names (collect_compiled).
@@ -382,12 +373,7 @@ class WasmtimeRuntime:
             except wasmtime.WasmtimeError as exc:
                 # Another wasmtime version or engine configuration: compile again.
                 log.info("recompiling %s: %s", sha256[:12], exc)
-        try:
-            wasm = source.read_bytes()
-        except OSError as exc:
-            raise ModuleRejected(f"module {sha256[:12]} cannot be read: {exc.strerror}") from exc
-        if hashlib.sha256(wasm).hexdigest() != sha256:
-            raise ModuleRejected(f"module file {source.name} does not match its SHA-256")
+        wasm, _ = read_deployable(sha256, source, self._limits.memory_bytes)
         try:
             module = wasmtime.Module(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:

@@ -1,10 +1,10 @@
-"""One suite, both runtimes: wasmtime in process and WasmEdge through its CLI.
+"""One suite, both runtimes: wasmtime in process and WasmEdge through its C API.
 
 The WASM modules are WAT sources below (compiled with ``wasmtime.wat2wasm``), so
-the suite needs nothing but the venv and, for the WasmEdge half, a ``wasmedge``
-found by :func:`agent.runtime.find_wasmedge` (``$EDGESYNC_WASMEDGE``, e.g. the
-wrapper ``build/wasmedge.sh`` provisions in ``.wasmedge/bin/wasmedge``, or PATH).
-Under CI (``CI=true``) a missing WasmEdge fails the suite instead of skipping it.
+the suite needs nothing but the venv and, for the WasmEdge half, a WasmEdge found
+by :func:`agent.runtime.wasmedge.discovery.find_installation` (``$EDGESYNC_WASMEDGE``,
+e.g. the wrapper ``build/wasmedge.sh`` provisions in ``.wasmedge/bin/wasmedge``, or
+PATH). Under CI (``CI=true``) a missing WasmEdge fails the suite instead of skipping it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from agent.runtime import find_wasmedge, open_runtime
+from agent.runtime import open_runtime
 from agent.runtime.base import (
     FunctionFailed,
     FunctionNotDeployed,
@@ -30,7 +30,9 @@ from agent.runtime.base import (
     compiled_dir,
     module_path,
 )
-from agent.runtime.wasmedge_runtime import WasmEdgeRuntime, check_command_module
+from agent.runtime.module_info import check_deployable
+from agent.runtime.wasmedge.discovery import Installation, find_installation
+from agent.runtime.wasmedge.runtime import WasmEdgeRuntime
 from agent.runtime.wasmtime_runtime import WasmtimeRuntime
 from edgesync.protocol import FunctionRef
 
@@ -190,9 +192,12 @@ def wasm_of(wat: str) -> bytes:
 RUNTIME_KINDS = ["wasmtime", "wasmedge"]
 
 
-def _wasmedge_or_skip() -> list[str]:
-    command = find_wasmedge()
-    if command is None:
+def _wasmedge_or_skip() -> Installation:
+    try:
+        installation = find_installation()
+    except RuntimeUnavailable as exc:
+        pytest.fail(f"the WasmEdge found does not work: {exc}")
+    if installation is None:
         reason = (
             "no WasmEdge: set EDGESYNC_WASMEDGE to a wasmedge executable "
             "(build/wasmedge.sh provisions .wasmedge/bin/wasmedge) or put wasmedge on PATH"
@@ -200,13 +205,13 @@ def _wasmedge_or_skip() -> list[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must test both runtimes: {reason}")
         pytest.skip(reason)
-    return command
+    return installation
 
 
 def make_runtime(kind: str, data_dir: Path) -> Runtime:
     if kind == "wasmedge":
-        return WasmEdgeRuntime(data_dir, _wasmedge_or_skip())
-    return WasmtimeRuntime(data_dir)
+        return WasmEdgeRuntime(data_dir, _wasmedge_or_skip(), limits=LIMITS)
+    return WasmtimeRuntime(data_dir, limits=LIMITS)
 
 
 @pytest.fixture(params=RUNTIME_KINDS)
@@ -362,11 +367,22 @@ async def test_exit_status(runtime: Runtime, runtime_data_dir: Path) -> None:
     assert result.stderr == b"exiting with 0\n"
 
 
-@pytest.mark.parametrize("wat", [GROW_STEPS, GROW_HUGE, BIG_MINIMUM], ids=["steps", "huge", "min"])
+@pytest.mark.parametrize("wat", [GROW_STEPS, GROW_HUGE], ids=["steps", "huge"])
 async def test_memory_limit(runtime: Runtime, runtime_data_dir: Path, wat: str) -> None:
     deploy(runtime, runtime_data_dir, hog=wat)
     error = await failure(runtime, "hog", code="FUNCTION_MEMORY_LIMIT")
     assert error.details["limit_bytes"] == LIMITS.memory_bytes
+
+
+async def test_module_declaring_more_memory_is_rejected_at_deploy(
+    runtime: Runtime, runtime_data_dir: Path
+) -> None:
+    sha, path = store_module(runtime_data_dir, wasm_of(BIG_MINIMUM))
+    with pytest.raises(ModuleRejected) as caught:
+        runtime.prepare(sha, path)
+    assert caught.value.code == "MODULE_REJECTED"
+    assert caught.value.details["min_pages"] == 200
+    assert not list(compiled_dir(runtime_data_dir).glob(f"*{sha}*"))
 
 
 async def test_memory_within_limit_and_refusal_coped_with(
@@ -513,12 +529,14 @@ def test_find_wasmedge_honours_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EDGESYNC_WASMEDGE", str(tmp_path / "missing"))
-    assert find_wasmedge() is None
+    with pytest.raises(RuntimeUnavailable):
+        find_installation()
     fake = tmp_path / "wasmedge"
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("EDGESYNC_WASMEDGE", str(fake))
-    assert find_wasmedge() == [str(fake)]
+    with pytest.raises(RuntimeUnavailable):
+        find_installation()
     # It is found but does not run: auto falls back, wasmedge insists.
     runtime = open_runtime("auto", tmp_path)
     try:
@@ -538,8 +556,8 @@ def test_open_runtime_auto_prefers_wasmedge(tmp_path: Path) -> None:
         runtime.close()
 
 
-def test_check_command_module() -> None:
-    check_command_module(wasm_of(ECHO))
+def test_check_deployable() -> None:
+    check_deployable(wasm_of(ECHO), LIMITS.memory_bytes)
     for bad in (b"", b"\0asm\x0d\0\x01\0", wasm_of(NO_START), wasm_of(ECHO)[:-3]):
         with pytest.raises(ModuleRejected):
-            check_command_module(bad)
+            check_deployable(bad, LIMITS.memory_bytes)
