@@ -77,8 +77,11 @@ class EmbeddedBroker:
 
     async def start(self) -> None:
         try:
-            from amqtt.broker import Broker
             from amqtt.errors import BrokerError
+
+            from appliance.push.auth_first import auth_first_broker
+
+            broker_class = auth_first_broker()
         except ImportError as exc:
             raise RuntimeError(
                 "the embedded MQTT broker needs amqtt: pip install 'edgesync[mqtt]'"
@@ -86,7 +89,7 @@ class EmbeddedBroker:
             ) from exc
 
         # amqtt's Broker asks for the running loop in its constructor: build it here.
-        broker = Broker(self.broker_config())
+        broker = broker_class(self.broker_config())
         try:
             await broker.start()
         except BrokerError as exc:

@@ -244,11 +244,12 @@ async def mqtt_client(
     username: str | None = None,
     password: str | None = None,
     host: str = "127.0.0.1",
+    identifier: str | None = None,
 ) -> AsyncIterator[tuple[aiomqtt.Client, Inbox]]:
     """A connected aiomqtt client and the inbox its messages go to."""
     inbox = Inbox()
     async with aiomqtt.Client(
-        host, port, username=username, password=password, timeout=10
+        host, port, username=username, password=password, timeout=10, identifier=identifier
     ) as client:
 
         async def read() -> None:
@@ -302,10 +303,17 @@ def _remaining_length(length: int) -> bytes:
             return bytes(out)
 
 
-async def raw_connack(port: int, username: str | None, password: str | None) -> int:
+async def raw_connack(
+    port: int,
+    username: str | None,
+    password: str | None,
+    *,
+    client_id: str | None = None,
+    clean_session: bool = True,
+) -> int:
     """Send one MQTT 3.1.1 CONNECT by hand and return the CONNACK's return code."""
-    flags = 0x02  # clean session
-    payload = _mqtt_string(f"raw-{os.urandom(4).hex()}")
+    flags = 0x02 if clean_session else 0x00
+    payload = _mqtt_string(client_id or f"raw-{os.urandom(4).hex()}")
     if username is not None:
         flags |= 0x80
         payload += _mqtt_string(username)
