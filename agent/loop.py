@@ -385,6 +385,7 @@ class Agent:
             "node_id": self.node_id,
             "server": self.api.server if self.api else None,
             "runtime": self.runtime.name,
+            "runtime_version": self.runtime.version,
             "updated_at": format_time(utcnow()),
             "last_outcome": outcome.kind,
             "last_error": error_info(outcome.error).to_dict() if outcome.error else None,

@@ -78,9 +78,3 @@ def open_runtime(kind: str, data_dir: Path, limits: Limits | None = None) -> Run
     if kind == "wasmtime":
         log.info("runtime: wasmtime (chosen)")
     return WasmtimeRuntime(data_dir, limits=limits)
-
-
-def runtime_version(runtime: Runtime) -> str | None:
-    """The version of the engine behind ``runtime`` (None when it cannot tell)."""
-    version = getattr(runtime, "version", None)
-    return str(version) if version else None

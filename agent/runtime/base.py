@@ -119,7 +119,10 @@ class RuntimeUnavailable(EdgesyncError):
 
 
 class Runtime(Protocol):
+    #: ``"wasmtime"`` or ``"wasmedge"``, exactly: status files and health answers carry it.
     name: str
+    #: The engine's own version (e.g. WasmEdge's ``0.14.1``, from the library itself).
+    version: str
 
     def prepare(self, sha256: str, module_path: Path) -> None:
         """Compile ``module_path`` (content hash ``sha256``); raise :class:`ModuleRejected`."""

@@ -35,6 +35,8 @@ from agent.runtime.base import RuntimeUnavailable
 
 ENV = "EDGESYNC_WASMEDGE"
 PRIVATE_ROOT = Path(__file__).resolve().parents[3] / ".wasmedge"
+#: Where distributions put the library (Debian: /usr/lib/<multiarch triplet>/).
+DISTRO_LIBRARIES = "/usr/lib/*/libwasmedge.so.0"
 #: ``_start`` reads stdin once (fd_read): the CLI waits until the probe closes it.
 WAIT_FOR_STDIN_WASM = bytes.fromhex(
     "0061736d01000000010c0260047f7f7f7f017f60000002220116776173695f736e617073686f745f"
@@ -73,7 +75,7 @@ def find_installation() -> Installation | None:
     on_path = shutil.which("wasmedge")
     if on_path:
         return probe_cli(on_path, "$PATH")
-    for library in sorted(glob.glob("/usr/lib/*/libwasmedge.so.0")):
+    for library in sorted(glob.glob(DISTRO_LIBRARIES)):
         return Installation(library, source="distribution library")
     return None
 
