@@ -43,9 +43,16 @@ packages=(wasmedge libwasmedge0 libllvm19 libfmt10 libspdlog1.15 libstdc++6 libg
           libc6 libzstd1 libz3-4 libffi8 libedit2 libxml2 libtinfo6 zlib1g libbsd0
           libmd0 liblzma5)
 
-# "wasmedge version 0.14.1" on the first line. (No `| grep -q`: with pipefail, grep
-# leaving early can fail the pipeline through SIGPIPE.)
-is_0_14() { local v; v=$("$1" --version 2>/dev/null) && [[ $v == "wasmedge version 0.14."* ]]; }
+# "ARGV0 version 0.14.1" on the first line: WasmEdge prints its argv[0] there, which
+# is "/usr/bin/wasmedge" when run by full path (Debian 13's own package), so only the
+# words after it count. (No `| grep -q`: with pipefail, grep leaving early can fail
+# the pipeline through SIGPIPE.)
+is_0_14() {
+    local v
+    v=$("$1" --version 2>/dev/null) || return 1
+    v=${v%%$'\n'*}
+    [[ $v == *" version 0.14."* ]]
+}
 works() { [[ -x $wrapper ]] && is_0_14 "$wrapper"; }
 
 finish() {
