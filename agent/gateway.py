@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from agent.runtime.base import Limits, Runtime
-from edgesync.errors import BadRequest, EdgesyncError, InternalError, NotFound, PayloadTooLarge
+from edgesync.errors import BadRequest
+from edgesync.http_errors import error_middleware
 
 log = logging.getLogger("edgesync.gateway")
 
@@ -30,31 +30,8 @@ WITHHELD_HEADERS = frozenset(
     {"CONTENT_TYPE", "CONTENT_LENGTH", "AUTHORIZATION", "PROXY_AUTHORIZATION", "PROXY"}
 )
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _envelope(error: EdgesyncError) -> web.Response:
-    return web.json_response(error.envelope(), status=error.status)
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except EdgesyncError as exc:
-        return _envelope(exc)
-    except web.HTTPRequestEntityTooLarge:
-        return _envelope(PayloadTooLarge("request body exceeds the gateway limit"))
-    except web.HTTPException as exc:
-        if exc.status == 404:
-            return _envelope(NotFound(f"no route for {request.method} {request.path}"))
-        if exc.status < 400:
-            raise
-        code = exc.reason.upper().replace(" ", "_")
-        return _envelope(EdgesyncError(exc.reason, code=code, status=exc.status))
-    except Exception:
-        log.exception("gateway error on %s %s", request.method, request.path)
-        return _envelope(InternalError("internal gateway error"))
+# The envelope for every failure, rendered by the same middleware as the control plane's.
+errors = error_middleware(log)
 
 
 def cgi_environment(request: web.Request, body_length: int) -> dict[str, str]:

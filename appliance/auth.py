@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -32,6 +33,14 @@ from edgesync.protocol import format_time
 
 ENROLLMENT_PREFIX = "est_"
 VERIFIED_CACHE_SIZE = 100_000
+# RFC 6750 section 2.1: what a bearer token may consist of.
+BEARER_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# Node JWTs (RFC 8725): one algorithm, an explicit type and issuer.
+NODE_TOKEN_ALGORITHM = "HS256"
+NODE_TOKEN_TYPE = "JWT"
+NODE_TOKEN_ISSUER = "edgesync"
+# bcrypt looks at 72 bytes at most (bcrypt 5 refuses more); ours are 43.
+ENROLLMENT_SECRET_MAX_BYTES = 72
 
 
 def token_digest(token: str) -> str:
@@ -117,6 +126,10 @@ class Authority:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if not BEARER_TOKEN_RE.fullmatch(token):
+            # RFC 6750 token68 characters only: a NUL or non-ASCII byte (aiohttp hands
+            # those through as surrogate escapes) is refused before any hashing.
+            raise Unauthorized("malformed bearer token", headers={"WWW-Authenticate": "Bearer"})
         # A node token seen before skips the admin comparison: only verified JWTs
         # are cached, and the admin token is never a JWT of ours.
         verified = self._verified.get(token)
@@ -136,18 +149,30 @@ class Authority:
         raise Unauthorized("token has been rotated or its node is gone")
 
     def _decode(self, token: str) -> _Verified:
+        """Verify a node JWT under RFC 8725's rules: HS256 only (the header's ``alg``
+        is never trusted), every required claim present with its JSON type, ``typ``
+        and ``iss`` ours. Any library failure is a 401, never a 500."""
         import jwt
 
         try:
             claims = jwt.decode(
                 token,
                 self._signing_key,
-                algorithms=["HS256"],
+                algorithms=[NODE_TOKEN_ALGORITHM],
                 options={"require": ["exp", "iat", "sub", "jti"]},
             )
-        except jwt.PyJWTError as exc:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise Unauthorized("token is invalid or expired") from exc
-        verified = _Verified(str(claims["sub"]), str(claims["jti"]), float(claims["exp"]))
+        # Tokens issued before ``typ``/``iss`` were set carry neither (they expire
+        # within the node-token TTL); a token that names either must name ours.
+        if (
+            header.get("typ", NODE_TOKEN_TYPE) != NODE_TOKEN_TYPE
+            or claims.get("iss", NODE_TOKEN_ISSUER) != NODE_TOKEN_ISSUER
+            or not _claims_typed(claims)
+        ):
+            raise Unauthorized("token is invalid or expired")
+        verified = _Verified(claims["sub"], claims["jti"], float(claims["exp"]))
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))
         self._verified[token] = verified
@@ -162,13 +187,15 @@ class Authority:
         expires_at = now + self.node_token_ttl
         token = jwt.encode(
             {
+                "iss": NODE_TOKEN_ISSUER,
                 "sub": node_id,
                 "jti": jti,
                 "iat": int(now.timestamp()),
                 "exp": int(expires_at.timestamp()),
             },
             self._signing_key,
-            algorithm="HS256",
+            algorithm=NODE_TOKEN_ALGORITHM,
+            headers={"typ": NODE_TOKEN_TYPE},
         )
         return IssuedToken(token, jti, expires_at)
 
@@ -198,6 +225,13 @@ class Authority:
         ):
             raise InvalidEnrollmentToken("enrollment token is invalid")
         token_id, secret = token[len(ENROLLMENT_PREFIX) :].split(".", 1)
+        if (
+            not secret
+            or not BEARER_TOKEN_RE.fullmatch(secret)
+            or len(secret) > ENROLLMENT_SECRET_MAX_BYTES
+        ):
+            # Never handed to bcrypt: it refuses secrets over 72 bytes.
+            raise InvalidEnrollmentToken("enrollment token is invalid")
         record = await self._store.get_enrollment_token(token_id)
         if record is None or not await asyncio.to_thread(
             self._bcrypt_check, secret, record.secret_hash
@@ -217,4 +251,16 @@ class Authority:
         import bcrypt
 
         self._metrics.bcrypt_calls.inc()
-        return bcrypt.checkpw(secret.encode(), hashed.encode())
+        try:
+            return bcrypt.checkpw(secret.encode(), hashed.encode())
+        except ValueError:  # an over-long secret or a corrupt stored hash: no match
+            return False
+
+
+def _claims_typed(claims: dict[str, Any]) -> bool:
+    """PyJWT checks presence; these are the types (a string ``exp`` is refused)."""
+    numeric = all(
+        isinstance(claims[name], int | float) and not isinstance(claims[name], bool)
+        for name in ("exp", "iat")
+    )
+    return numeric and all(isinstance(claims[name], str) for name in ("sub", "jti"))

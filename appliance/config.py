@@ -27,6 +27,11 @@ class ServeConfig:
     plan_cache_ttl_seconds: int = 300
     bcrypt_rounds: int = 12
     access_log: bool = True
+    # Slow clients (edgesync.http_server.ReadDeadlines): seconds for a request's
+    # header block; seconds for its body, plus one per body_min_rate bytes received.
+    header_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 30.0
+    body_min_rate: int = 1024
     # Plans point nodes at the artifact store itself ("direct": S3 presigned
     # URLs) or at this control plane ("proxy"), for sites whose nodes cannot
     # reach the store. The folder store always proxies.
@@ -93,6 +98,10 @@ class ServeConfig:
             raise ValueError("--max-upload-mb must be at least 1")
         if self.poll_interval_seconds < 1:
             raise ValueError("--poll-interval must be at least 1 second")
+        if not 1 <= self.header_timeout_seconds <= 3600:
+            raise ValueError("--header-timeout must be between 1 and 3600 seconds")
+        if not 1 <= self.body_timeout_seconds <= 3600 or self.body_min_rate < 1:
+            raise ValueError("--body-timeout must be between 1 and 3600 seconds")
         if self.url_ttl_seconds < 10:
             raise ValueError("--url-ttl must be at least 10 seconds")
         if bool(self.tls_cert) != bool(self.tls_key):

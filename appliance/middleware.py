@@ -1,45 +1,68 @@
 """Middlewares: one structured log line per request, metrics, errors, auth.
 
 Order (outermost first): ``observe`` times and logs whatever comes back,
-``render_errors`` turns every exception into the error envelope, and
-``authenticate`` sets the caller on ``/api/v1`` routes.
+``render_errors`` (shared with the agent's gateway: ``edgesync.http_errors``)
+turns every exception into the error envelope, and ``authenticate`` sets the
+caller, by the access rule of the route the request matched.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from appliance.api.common import PRINCIPAL, json_response
+from appliance.api.common import PRINCIPAL
 from appliance.artifacts import ArtifactStoreUnavailable
 from appliance.services import METRICS, SERVICES
 from appliance.store.db import DatabaseUnavailable
-from edgesync.errors import (
-    EdgesyncError,
-    InternalError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
-)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+from edgesync.errors import EdgesyncError, ServiceUnavailable
+from edgesync.http_errors import Handler, error_middleware
 
 access_log = logging.getLogger("edgesync.access")
 error_log = logging.getLogger("edgesync.errors")
 
-# Reachable without a bearer token.
-PUBLIC_API_PATHS = frozenset({"/api/v1/nodes/register", "/api/v1/openapi.json"})
+
+class Access(enum.Enum):
+    """Who may call a route."""
+
+    BEARER = "bearer"  # a valid admin or node token (every route not listed below)
+    PUBLIC = "public"  # anyone
+    SIGNED = "signed"  # a bearer token, or else a signed URL the handler verifies
+    ROTATION = "rotation"  # a bearer token; a rotated-away one may repeat its rotation
 
 
-def _route_name(request: web.Request) -> str:
-    """The route template (never the raw path: ids would explode label cardinality)."""
+# By (method, route template): decided on the route the router matched, never on
+# the raw path, which percent-encoding (``%2Fdownload``) makes say anything.
+ROUTE_ACCESS: dict[tuple[str, str], Access] = {
+    ("POST", "/api/v1/nodes/register"): Access.PUBLIC,
+    ("GET", "/api/v1/openapi.json"): Access.PUBLIC,
+    ("GET", "/healthz"): Access.PUBLIC,
+    ("GET", "/readyz"): Access.PUBLIC,
+    ("GET", "/metrics"): Access.PUBLIC,
+    ("GET", "/api/v1/functions/{function_id}/download"): Access.SIGNED,
+    ("POST", "/api/v1/nodes/{node_id}/token/rotate"): Access.ROTATION,
+}
+
+
+def route_template(request: web.Request) -> str | None:
+    """The matched route's template, or None for a request no route matched."""
+    if request.match_info.http_exception is not None:
+        return None
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    return resource.canonical if resource is not None else None
+
+
+def route_access(request: web.Request) -> Access | None:
+    """The access rule of the matched route (None: unmatched, a 404 or 405 follows)."""
+    template = route_template(request)
+    if template is None:
+        return None
+    method = "GET" if request.method == "HEAD" else request.method
+    return ROUTE_ACCESS.get((method, template), Access.BEARER)
 
 
 @web.middleware
@@ -52,7 +75,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     finally:
         elapsed = time.perf_counter() - started
-        route = _route_name(request)
+        # The template, never the raw path: ids would explode label cardinality.
+        route = route_template(request) or "unmatched"
         request.app[METRICS].observe_request(request.method, route, status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             caller = request.get(PRINCIPAL)
@@ -73,53 +97,30 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             )
 
 
-@web.middleware
-async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except EdgesyncError as exc:
-        return _envelope(exc)
-    except DatabaseUnavailable:
+def _dependency_errors(exc: Exception, request: web.Request) -> EdgesyncError | None:
+    """Unreachable backends: 503, retryable; the store logged the reason already."""
+    if isinstance(exc, DatabaseUnavailable):
         error_log.warning("database unavailable during %s %s", request.method, request.path)
-        return _envelope(ServiceUnavailable("the database is unavailable; retry later"))
-    except ArtifactStoreUnavailable:
-        # The store logged the reason; the body says no more than this.
+        return ServiceUnavailable("the database is unavailable; retry later")
+    if isinstance(exc, ArtifactStoreUnavailable):
         error_log.warning("artifact store unavailable during %s %s", request.method, request.path)
-        return _envelope(ServiceUnavailable("the artifact store is unavailable; retry later"))
-    except web.HTTPNotFound:
-        return _envelope(NotFound(f"no route for {request.method} {request.path}"))
-    except web.HTTPMethodNotAllowed as exc:
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-        error.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-        return _envelope(error)
-    except web.HTTPRequestEntityTooLarge:
-        return _envelope(PayloadTooLarge("request body exceeds the configured limit"))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _envelope(
-            EdgesyncError(exc.reason, code=exc.reason.upper().replace(" ", "_"), status=exc.status)
-        )
-    except Exception:
-        error_log.exception("unhandled error in %s %s", request.method, request.path)
-        return _envelope(InternalError("internal server error"))
+        return ServiceUnavailable("the artifact store is unavailable; retry later")
+    return None
 
 
-def _envelope(error: EdgesyncError) -> web.Response:
-    return json_response(error.envelope(), status=error.status, headers=error.headers or None)
+render_errors = error_middleware(error_log, _dependency_errors)
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request.path
-    routed = request.match_info.http_exception is None  # unknown routes stay 404
-    if routed and path.startswith("/api/v1/") and path not in PUBLIC_API_PATHS:
-        header = request.headers.get("Authorization")
-        signed_download = path.endswith("/download") and "sig" in request.query
-        if header is not None or not signed_download:
-            authority = request.app[SERVICES].authority
-            rotation = path.endswith("/token/rotate") and request.method == "POST"
-            request[PRINCIPAL] = await authority.authenticate(header, allow_previous=rotation)
+    access = route_access(request)
+    if access is None or access is Access.PUBLIC:
+        return await handler(request)
+    header = request.headers.get("Authorization")
+    if header is not None or access is not Access.SIGNED or "sig" not in request.query:
+        authority = request.app[SERVICES].authority
+        rotation = access is Access.ROTATION
+        request[PRINCIPAL] = await authority.authenticate(header, allow_previous=rotation)
     return await handler(request)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import ssl
 
-from aiohttp import web
-
 from appliance.app import make_app
 from appliance.config import ServeConfig
 from appliance.store.db import DatabaseError
+from edgesync.http_server import ReadDeadlines, run_app
 
 log = logging.getLogger("edgesync.serve")
 
@@ -35,13 +34,17 @@ def run(config: ServeConfig) -> None:
         config.data_dir,
     )
     try:
-        web.run_app(
+        # web.run_app, but parse errors get the envelope and slow clients a deadline.
+        run_app(
             app,
             host=config.host,
             port=config.port,
             ssl_context=tls_context(config),
-            access_log=None,  # our middleware writes one structured line per request
-            print=None,
+            deadlines=ReadDeadlines(
+                header_seconds=config.header_timeout_seconds,
+                body_seconds=config.body_timeout_seconds,
+                body_min_rate=config.body_min_rate,
+            ),
             shutdown_timeout=10,
         )
     except DatabaseError as exc:

@@ -18,7 +18,12 @@ from typing import BinaryIO
 
 from aiohttp import BodyPartReader, web
 
-from edgesync.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from edgesync.errors import (
+    InvalidMultipart,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 CHUNK = 256 * 1024
 FIELD_LIMIT = 1024
@@ -61,6 +66,10 @@ async def receive_upload(request: web.Request, staging_dir: Path, max_bytes: int
                         "only one module per upload", details={"field": "module"}
                     )
                 await _stream_to_staging(part, staging_dir, max_bytes, staged)
+            elif part.name in staged.fields:
+                raise InvalidMultipart(
+                    f"field {part.name} appears twice", details={"field": part.name}
+                )
             elif part.name:
                 staged.fields[part.name] = await _read_field(part)
     except BaseException:

@@ -108,6 +108,18 @@ class InvalidMigration(BadRequest):
     code = "INVALID_MIGRATION"
 
 
+class MalformedRequest(BadRequest):
+    """HTTP framing the server cannot parse: request line, headers, chunking, encoding."""
+
+    code = "MALFORMED_REQUEST"
+
+
+class InvalidMultipart(BadRequest):
+    """A multipart body without a boundary, unterminated, or with broken or repeated parts."""
+
+    code = "INVALID_MULTIPART"
+
+
 class Unauthorized(EdgesyncError):
     code = "UNAUTHORIZED"
     status = 401
@@ -153,6 +165,13 @@ class UnknownSync(Conflict):
     code = "SYNC_CONFLICT"
 
 
+class RequestTimeout(EdgesyncError):
+    """The client sent its headers or body too slowly (slowloris and the like)."""
+
+    code = "REQUEST_TIMEOUT"
+    status = 408
+
+
 class PayloadTooLarge(EdgesyncError):
     code = "PAYLOAD_TOO_LARGE"
     status = 413
@@ -161,6 +180,11 @@ class PayloadTooLarge(EdgesyncError):
 class UnsupportedMediaType(EdgesyncError):
     code = "UNSUPPORTED_MEDIA_TYPE"
     status = 415
+
+
+class HeadersTooLarge(EdgesyncError):
+    code = "HEADERS_TOO_LARGE"
+    status = 431
 
 
 class ServiceUnavailable(EdgesyncError):

@@ -20,6 +20,9 @@ from edgesync.errors import InvalidName, InvalidVersion, ValidationFailed
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,49}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Schema versions are 32-bit integer columns on PostgreSQL/CockroachDB: bounded at
+# parse, so that an overflowing number is a 400 naming its field, not a store error.
+SCHEMA_VERSION_MAX = 2**31 - 1
 
 ARTIFACT_BUCKET = "wasm-functions"
 
@@ -137,9 +140,9 @@ class NodeState:
     @classmethod
     def from_dict(cls, body: Any, where: str = "state") -> NodeState:
         version = _require(body, "schema_version", int, where)
-        if version < 0:
+        if not 0 <= version <= SCHEMA_VERSION_MAX:
             raise ValidationFailed(
-                f"{where}.schema_version must be >= 0",
+                f"{where}.schema_version must be from 0 to {SCHEMA_VERSION_MAX}",
                 details={"field": f"{where}.schema_version"},
             )
         items = _require(body, "functions", list, where)

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
 
 from appliance.auth import Principal
-from edgesync.errors import InvalidJSON, UnsupportedMediaType, ValidationFailed
+from edgesync.errors import InvalidJSON, Unauthorized, UnsupportedMediaType, ValidationFailed
 
 PRINCIPAL = "edgesync.principal"
 
 
 def principal(request: web.Request) -> Principal:
-    """The authenticated caller, set by the auth middleware."""
-    return request[PRINCIPAL]  # type: ignore[no-any-return]
+    """The authenticated caller, set by the auth middleware (a route it let through
+    unauthenticated never gets one: 401, not a KeyError)."""
+    caller: Principal | None = request.get(PRINCIPAL)
+    if caller is None:
+        raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return caller
 
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The request's JSON object body, or a 400/415 envelope."""
+    """The request's JSON object body, or a 400/415 envelope.
+
+    Strict where Python's ``json`` is lenient, so that nothing downstream meets
+    a value no store or client can hold: integers must fit in 64 bits, the
+    non-JSON constants ``NaN``/``Infinity`` and numbers beyond a float are refused, strings must be valid
+    Unicode (no lone surrogates from ``\\ud800`` escapes), and nesting too deep
+    to parse is a 400, not a ``RecursionError``.
+    """
     raw = await request.read()
     if not raw.strip():
         if allow_empty:
@@ -32,9 +44,47 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
         "",
     ):
         raise UnsupportedMediaType("request body must be application/json")
+    return parse_json_object(raw)
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class _RefusedValue(ValueError):
+    pass
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise _RefusedValue("an integer does not fit in 64 bits")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _RefusedValue("a number is out of range")
+    return value
+
+
+def _no_constants(name: str) -> float:
+    raise _RefusedValue(f"{name} is not JSON")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a JSON object body under the rules of :func:`read_json`."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_int=_int64, parse_float=_finite, parse_constant=_no_constants)
+        if b"\\u" in raw:  # only escapes can smuggle in a lone surrogate
+            json.dumps(body, ensure_ascii=False).encode()
+    except _RefusedValue as exc:
+        raise InvalidJSON(f"request body is not acceptable JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidJSON("request body is nested too deeply") from exc
+    except UnicodeError as exc:
+        raise InvalidJSON("request body is not valid UTF-8 or holds a lone surrogate") from exc
+    except ValueError as exc:
         raise InvalidJSON("request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise InvalidJSON("request body must be a JSON object")

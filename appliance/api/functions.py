@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance.api.common import PRINCIPAL, json_response, principal, query_int
 from appliance.artifacts import ArtifactMissing, ArtifactStoreUnavailable
@@ -20,7 +21,14 @@ from appliance.services import Services, services
 from appliance.store.records import FunctionRecord
 from appliance.uploads import StagedUpload, receive_upload
 from appliance.wasm_check import validate_file
-from edgesync.errors import FunctionExists, HashMismatch, NotFound, ValidationFailed
+from edgesync.errors import (
+    EdgesyncError,
+    FunctionExists,
+    HashMismatch,
+    InvalidMultipart,
+    NotFound,
+    ValidationFailed,
+)
 from edgesync.protocol import (
     SHA256_RE,
     artifact_key,
@@ -39,13 +47,27 @@ async def upload(request: web.Request) -> web.Response:
     principal(request).require_admin()
     svc = services(request)
     staging = svc.config.data_dir / "staging"
-    staged = await receive_upload(request, staging, svc.config.max_upload_bytes)
+    staged = await _receive(request, staging, svc.config.max_upload_bytes)
     try:
         record = await _accept(svc, staged)
     finally:
         staged.discard()
     svc.metrics.upload_bytes.inc(record.size_bytes)
     return json_response(record.to_api(), status=201)
+
+
+async def _receive(request: web.Request, staging: Path, max_bytes: int) -> StagedUpload:
+    """The multipart form, or 400 ``INVALID_MULTIPART`` for any body aiohttp's
+    multipart reader refuses: no or bad boundary, garbage, no closing boundary,
+    oversized or broken part headers, unknown encodings (it raises plain
+    ``ValueError``/``RuntimeError``/``TypeError`` or parser errors for these)."""
+    try:
+        return await receive_upload(request, staging, max_bytes)
+    except EdgesyncError:
+        raise
+    except (ValueError, RuntimeError, TypeError, AssertionError, HttpProcessingError) as exc:
+        log.info("refused a malformed multipart upload (%s)", type(exc).__name__)
+        raise InvalidMultipart("the upload is not a well-formed multipart/form-data body") from exc
 
 
 async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:

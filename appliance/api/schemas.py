@@ -12,7 +12,7 @@ from appliance.migration_check import check_chain
 from appliance.services import services
 from appliance.store.records import MigrationRecord
 from edgesync.errors import SchemaVersionConflict, ValidationFailed
-from edgesync.protocol import format_time, utcnow
+from edgesync.protocol import SCHEMA_VERSION_MAX, format_time, utcnow
 
 routes = web.RouteTableDef()
 
@@ -24,8 +24,15 @@ async def add_migration(request: web.Request) -> web.Response:
     principal(request).require_admin()
     body = await read_json(request)
     version = body.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValidationFailed("version must be a positive integer", details={"field": "version"})
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 1 <= version <= SCHEMA_VERSION_MAX
+    ):
+        raise ValidationFailed(
+            f"version must be an integer from 1 to {SCHEMA_VERSION_MAX}",
+            details={"field": "version"},
+        )
     up_sql = body.get("up_sql")
     if not isinstance(up_sql, str) or not up_sql.strip() or len(up_sql) > SQL_LIMIT:
         raise ValidationFailed("up_sql must be non-empty SQL text", details={"field": "up_sql"})

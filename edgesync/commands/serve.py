@@ -76,6 +76,20 @@ import click
 )
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
 @click.option(
+    "--header-timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds a client may take to send a request's headers (then 408, closed).",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds a client may take to send a request body, plus one per KiB received.",
+)
+@click.option(
     "--mqtt/--no-mqtt",
     "mqtt",
     default=None,
@@ -129,6 +143,8 @@ def serve(
     url_ttl: int,
     log_level: str,
     no_access_log: bool,
+    header_timeout: float,
+    body_timeout: float,
     mqtt: bool | None,
     mqtt_listen: str,
     mqtt_broker: str | None,
@@ -166,6 +182,8 @@ def serve(
         max_upload_mb=max_upload_mb,
         poll_interval_seconds=poll_interval,
         url_ttl_seconds=url_ttl,
+        header_timeout_seconds=header_timeout,
+        body_timeout_seconds=body_timeout,
         admin_token=os.environ.get("EDGESYNC_ADMIN_TOKEN") or None,
         mqtt_enabled=mqtt,
         mqtt_listen=mqtt_listen,

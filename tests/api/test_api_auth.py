@@ -384,3 +384,113 @@ async def test_admin_token_is_compared_in_full(api: Api) -> None:
     response = await api.get("/api/v1/nodes", headers={"Authorization": f"Bearer  {ADMIN_TOKEN} "})
     # Surrounding whitespace is not part of the token.
     assert response.status == 200
+
+
+# -- strict node tokens (RFC 8725) ---------------------------------------------------------
+
+
+def signing_key(api: Api) -> str:
+    return api.services.authority._signing_key  # the server's own key: only claims differ
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"exp": "9999999999"},  # right value, wrong type: PyJWT alone accepts it
+        {"iat": "1700000000"},
+        {"exp": True},
+        {"exp": None},
+        {"sub": 7},
+        {"jti": ["a"]},
+        {"iss": "someone-else"},
+    ],
+)
+async def test_node_token_claims_must_have_their_types(api: Api, change: dict[str, object]) -> None:
+    node = await api.register()
+    claims = {**claims_of(node.token), **change}
+    forged = jwt.encode(claims, signing_key(api), algorithm="HS256", headers={"typ": "JWT"})
+    await assert_all_401(api, node, forged)
+
+
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti"])
+async def test_node_token_without_a_required_claim_is_401(api: Api, missing: str) -> None:
+    node = await api.register()
+    claims = {k: v for k, v in claims_of(node.token).items() if k != missing}
+    forged = jwt.encode(claims, signing_key(api), algorithm="HS256")
+    await assert_all_401(api, node, forged)
+
+
+@pytest.mark.parametrize("algorithm", ["HS384", "HS512"])
+async def test_node_token_algorithm_is_pinned(api: Api, algorithm: str) -> None:
+    # The right key and claims under another algorithm: refused all the same.
+    node = await api.register()
+    forged = jwt.encode(claims_of(node.token), signing_key(api), algorithm=algorithm)
+    await assert_all_401(api, node, forged)
+
+
+async def test_node_token_of_another_type_is_401(api: Api) -> None:
+    node = await api.register()
+    forged = jwt.encode(
+        claims_of(node.token), signing_key(api), algorithm="HS256", headers={"typ": "at+jwt"}
+    )
+    await assert_all_401(api, node, forged)
+
+
+async def test_issued_node_tokens_are_typed(api: Api) -> None:
+    node = await api.register()
+    assert jwt.get_unverified_header(node.token) == {"alg": "HS256", "typ": "JWT"}
+    assert claims_of(node.token)["iss"] == "edgesync"
+
+
+async def test_enrollment_secret_over_72_bytes_is_401_not_500(api: Api) -> None:
+    # bcrypt 5 raises ValueError for secrets over 72 bytes; the token id is real.
+    token = await api.enrollment_token()
+    token_id = token.split(".", 1)[0]
+    for secret in ("x" * 73, "x" * 5000, "é" * 40, "a\x00b"):
+        response = await api.post(
+            "/api/v1/nodes/register",
+            json={"name": "edge", "enrollment_token": f"{token_id}.{secret}"},
+        )
+        await expect_error(response, 401, "INVALID_ENROLLMENT_TOKEN")
+    await api.register(enrollment_token=token)  # the real token still works
+
+
+# -- auth follows the matched route, never the raw path ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/api/v1/nodes/{node}%2Fdownload?sig=1",
+        "/api/v1/nodes/{node}%2Fdownload?sig=1&expires=1",
+        "/api/v1/nodes/{node}%2Fsync%2Fdownload?sig=1",
+        "/api/v1/functions/{function}%2Fdownload?sig=1",
+        "/api/v1/functions/{function}%2fdownload?sig=1&expires=9999999999",
+        "/api/v1/nodes/register%2F..%2F{node}",
+        "/api/v1/openapi.json%2F..%2Fnodes",
+    ],
+)
+async def test_encoded_slashes_never_skip_authentication(api: Api, wasm, template: str) -> None:
+    node = await api.register()
+    function = await api.upload_ok("hello", "1.0", wasm.module())
+    path = template.format(node=node.id, function=function["id"])
+    response = await api.get(URL(path, encoded=True))
+    assert response.status in (401, 404), await response.text()
+    await expect_error(
+        response, response.status, "UNAUTHORIZED" if response.status == 401 else "NOT_FOUND"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"Bearer {ADMIN_TOKEN}\u00e9",
+        f"Bearer {ADMIN_TOKEN[:8]}\u2028{ADMIN_TOKEN[8:]}",
+        "Bearer \u00ff" * 3,
+        "Bearer a\tb",
+    ],
+)
+async def test_authorization_header_with_odd_characters_is_401(api: Api, value: str) -> None:
+    response = await api.get("/api/v1/nodes", headers={"Authorization": value})
+    error = await expect_error(response, 401, "UNAUTHORIZED")
+    assert ADMIN_TOKEN[:8] not in str(error)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
-from api_support import ADMIN, Api, expect_error
+from api_support import ADMIN, Api, check_error, expect_error
 
 
 @pytest.mark.parametrize(
@@ -174,3 +175,162 @@ async def test_error_responses_are_json_utf8(api: Api) -> None:
     await expect_error(response, 401, "UNAUTHORIZED")
     assert response.charset == "utf-8"
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+# -- hostile bodies: always a 4xx envelope, never a 5xx ------------------------------------
+
+BOUNDARY = "edgesyncboundary"
+
+
+def part(name: str, value: bytes, extra: str = "") -> bytes:
+    header = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'
+    return header.encode() + value + b"\r\n"
+
+
+CLOSE = f"--{BOUNDARY}--\r\n".encode()
+GOOD_FIELDS = part("name", b"hello") + part("version", b"1.0")
+
+
+def malformed_uploads(module: bytes) -> list[tuple[str, bytes]]:
+    """(Content-Type, body) pairs the multipart reader must refuse."""
+    mp = f"multipart/form-data; boundary={BOUNDARY}"
+    good_module = part("module", module, '; filename="f.wasm"')
+    return [
+        ("multipart/form-data", GOOD_FIELDS + good_module + CLOSE),  # no boundary
+        ("multipart/form-data; boundary=", b"--\r\n"),
+        (f"multipart/form-data; boundary={'b' * 80}", b"x"),  # boundary too long
+        (mp, b"this is no multipart body at all"),
+        (mp, b"\x00\xff" * 500),
+        (mp, GOOD_FIELDS + good_module),  # no closing boundary
+        (mp, GOOD_FIELDS + good_module[:-40]),  # cut in the middle of the module
+        (mp, f"--{BOUNDARY}\r\n".encode() + b"X-Long: " + b"a" * 20000 + b"\r\n\r\nv\r\n" + CLOSE),
+        (mp, f"--{BOUNDARY}\r\n".encode() + b"no colon header\r\n\r\nv\r\n" + CLOSE),
+        (mp, b"".join(f"--{BOUNDARY}\r\nX-H{i}: v\r\n".encode() for i in range(300))),
+        (
+            mp,
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="module"\r\n'
+            "Content-Transfer-Encoding: rot13\r\n\r\nabc\r\n".encode()
+            + CLOSE,
+        ),
+        (mp, GOOD_FIELDS + part("name", b"again") + good_module + CLOSE),  # duplicate field
+        (mp, GOOD_FIELDS + good_module + good_module + CLOSE),  # duplicate module
+        (mp, GOOD_FIELDS + CLOSE),  # the module part is missing
+        (mp, part("version", b"1.0") + good_module + CLOSE),  # the name is missing
+    ]
+
+
+async def test_malformed_multipart_uploads_are_400_and_store_nothing(api: Api, wasm) -> None:
+    staging = api.config.data_dir / "staging"
+    for index, (content_type, body) in enumerate(malformed_uploads(wasm.module())):
+        response = await api.post(
+            "/api/v1/functions", data=body, headers={**ADMIN, "Content-Type": content_type}
+        )
+        text = await response.text()
+        assert response.status == 400, (index, text)
+        check_error(response.status, text, 400, json.loads(text)["error"]["code"])
+        assert json.loads(text)["error"]["code"] in (
+            "INVALID_MULTIPART",
+            "VALIDATION_FAILED",
+            "INVALID_NAME",
+        ), (index, text)
+    listed = await api.json("GET", "/api/v1/functions", headers=ADMIN)
+    assert listed["functions"] == []
+    assert not staging.exists() or list(staging.iterdir()) == []
+    await api.upload_ok("hello", "1.0", wasm.module())  # and the route still works
+
+
+def json_routes(node_id: str) -> list[tuple[str, dict[str, str] | None]]:
+    return [
+        ("/api/v1/nodes/register", None),
+        (f"/api/v1/nodes/{node_id}/sync/ack", {}),
+        (f"/api/v1/nodes/{node_id}/heartbeat", {}),
+        (f"/api/v1/nodes/{node_id}/token/rotate", {}),
+        ("/api/v1/enrollment-tokens", ADMIN),
+        ("/api/v1/schemas", ADMIN),
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError inside json
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b'{"region": "\\ud800"}',  # a lone surrogate: once a 503 from the store
+        b'{"name": "x\\udfff", "enrollment_token": "est_a.b"}',
+        b'{"version": 1, "up_sql": "\\ud83d"}',
+        b'{"ttl_seconds": NaN}',
+        b'{"ttl_seconds": Infinity}',
+        b'{"ttl_seconds": 1e999}',
+        b'{"max_uses": 9223372036854775808}',  # 2^63
+        b'{"version": 99999999999999999999999999999999}',
+        b'{"a": -9223372036854775809}',
+    ],
+)
+async def test_hostile_json_is_400_on_every_json_route(api: Api, raw: bytes) -> None:
+    node = await api.register()
+    for path, headers in json_routes(node.id):
+        auth = node.headers if headers == {} else (headers or {})
+        response = await api.post(
+            path, data=raw, headers={**auth, "Content-Type": "application/json"}
+        )
+        text = await response.text()
+        assert 400 <= response.status < 500, (path, text)
+        check_error(response.status, text, response.status, json.loads(text)["error"]["code"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("schema_version", 2**63),
+        ("schema_version", 2**63 - 1),
+        ("schema_version", 2**31),
+        ("schema_version", 2**64 + 5),
+    ],
+)
+async def test_ack_with_an_overflowing_schema_version_is_400(
+    api: Api, field: str, value: int
+) -> None:
+    await api.add_schema(1, "CREATE TABLE t (x INTEGER)")
+    node = await api.register()
+    plan = await api.plan(node)
+    state = {**plan["target"], field: value}
+    failure = {"code": "MIGRATION_FAILED", "message": "m", "details": {}, "retryable": False}
+    for status, error in (("failed", failure), ("success", None)):
+        response = await api.ack(node, plan["sync_id"], state, status, error)
+        text = await response.text()
+        assert response.status == 400, text
+        code = json.loads(text)["error"]["code"]
+        assert code in ("INVALID_JSON", "VALIDATION_FAILED")
+    await api.apply(node, plan)  # the sync is still open for a sane ack
+
+
+@pytest.mark.parametrize("version", [2**31, 2**63, -(2**63)])
+async def test_migration_version_overflow_is_400(api: Api, version: int) -> None:
+    response = await api.post(
+        "/api/v1/schemas", json={"version": version, "up_sql": "CREATE TABLE t (x)"}, headers=ADMIN
+    )
+    text = await response.text()
+    assert response.status == 400, text
+
+
+@pytest.mark.parametrize(
+    "body", [{"ttl_seconds": 2**63}, {"max_uses": 2**63 - 1}, {"ttl_seconds": -(2**63)}]
+)
+async def test_enrollment_token_integer_overflow_is_400(api: Api, body: dict[str, int]) -> None:
+    response = await api.post("/api/v1/enrollment-tokens", json=body, headers=ADMIN)
+    text = await response.text()
+    assert response.status == 400, text
+
+
+async def test_gzip_encoded_garbage_is_400(api: Api) -> None:
+    # (An encoding the server cannot decode at all fails while parsing the headers,
+    # before the app: tests/api/test_http_server.py covers that over a socket.)
+    for encoding in ("gzip", "deflate"):
+        response = await api.post(
+            "/api/v1/enrollment-tokens",
+            data=b"this is not compressed at all",
+            headers={**ADMIN, "Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        text = await response.text()
+        assert 400 <= response.status < 500, (encoding, text)
+        check_error(response.status, text, response.status, json.loads(text)["error"]["code"])
