@@ -35,8 +35,10 @@ from agent.runtime.fdio import pread_all
 from agent.runtime.wasmedge import capi
 from agent.runtime.wasmedge.protocol import STDERR_KEEP, read_frame, write_frame
 
-#: How often the watchdog looks at stdout's size while a call runs.
-OUTPUT_POLL_SECONDS = 0.005
+#: How often the watchdog looks at the running call (its deadline, stdout's size).
+POLL_SECONDS = 0.005
+#: How long the watchdog keeps polling after the last call before it sleeps.
+LINGER_SECONDS = 1.0
 STDERR_LIMIT = 1024 * 1024
 #: ``(module (func (export "noop")))``: run on each executor once to get its stop
 #: handle, and again to consume a stop that arrived after its call had ended.
@@ -98,7 +100,12 @@ def load_module(
 
 
 class Watchdog(threading.Thread):
-    """Stops the running call at its deadline; cuts stdout past its limit."""
+    """Stops the running call at its deadline; cuts stdout past its limit.
+
+    It polls every :data:`POLL_SECONDS` while calls come, and sleeps for good after
+    :data:`LINGER_SECONDS` without one: back-to-back calls cost it no wake-up (a
+    notify per call is a thread switch per call), an idle worker no CPU.
+    """
 
     def __init__(self) -> None:
         super().__init__(name="watchdog", daemon=True)
@@ -107,13 +114,15 @@ class Watchdog(threading.Thread):
         self.deadline = 0.0
         self.max_out = 0
         self.timed_out = self.overflow = self.stopped = False
+        self.asleep = True
 
     def begin(self, executor: Executor, seconds: float, max_out: int) -> None:
         with self.cond:
             self.executor, self.max_out = executor, max_out
             self.deadline = time.monotonic() + seconds
             self.timed_out = self.overflow = self.stopped = False
-            self.cond.notify()
+            if self.asleep:
+                self.cond.notify()
 
     def end(self) -> None:
         """After this returns no stop can reach the finished call's executor."""
@@ -121,17 +130,26 @@ class Watchdog(threading.Thread):
             self.executor = None
 
     def run(self) -> None:
+        last_call = time.monotonic()
         with self.cond:
             while True:
-                while self.executor is None:
-                    self.cond.wait()
                 now = time.monotonic()
+                if self.executor is None:
+                    if now - last_call < LINGER_SECONDS:
+                        self.cond.wait(POLL_SECONDS)
+                        continue
+                    self.asleep = True
+                    while self.executor is None:
+                        self.cond.wait()
+                    self.asleep = False
+                    continue
+                last_call = now
                 if not self.stopped and now >= self.deadline:
                     self.timed_out = self.stopped = True
                     self.executor.stop()
                 elif not self.stopped:
                     self._watch_output()
-                self.cond.wait(min(OUTPUT_POLL_SECONDS, max(0.0, self.deadline - now)) or 0.05)
+                self.cond.wait(min(POLL_SECONDS, max(0.0005, self.deadline - now)))
 
     def _watch_output(self) -> None:
         assert self.executor is not None
@@ -210,8 +228,6 @@ class Worker:
             interrupted = capi.code_of(result) == capi.INTERRUPTED
             if self.watchdog.stopped and not interrupted:
                 executor.clear_stop()
-            memory = lib.ModuleInstanceFindMemory(instance, capi.wrap(b"memory"))
-            reply["memory_pages"] = lib.MemoryInstanceGetPageSize(memory) if memory else 0
             if self.watchdog.overflow or os.fstat(1).st_size > request["max_out"]:
                 reply["status"] = "output"
             elif interrupted and self.watchdog.timed_out:
@@ -222,6 +238,9 @@ class Worker:
                 reply["exit_code"] = lib.ModuleInstanceWASIGetExitCode(wasi)
                 if reply["exit_code"]:
                     reply["status"] = "exit"
+            if reply["status"] != "ok":  # for telling a memory limit from a trap
+                memory = lib.ModuleInstanceFindMemory(instance, capi.wrap(b"memory"))
+                reply["memory_pages"] = lib.MemoryInstanceGetPageSize(memory) if memory else 0
             return self._collect(reply)
         finally:
             if instance:
