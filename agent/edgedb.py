@@ -6,14 +6,21 @@ order and the new function table commit together or not at all (DESIGN.md,
 "The agent's atomicity"). After a crash the file says exactly which release
 the node is on.
 
-libsql's ``executescript`` swallows errors (NOTES.md), so every migration runs
-statement by statement through ``execute``.
+Migrations run through the shared runner (:mod:`edgesync.sqlrunner`) under the
+migration rules (:mod:`edgesync.sqlguard`), even from a tampered control plane.
+libsql has no authorizer (NOTES.md), so before it touches the file a plan's
+migrations are proved under the rules on a stdlib ``sqlite3`` in-memory copy of
+the node's schema (a dry run: no data); during the real apply the runner checks
+after each statement that the release's transaction is still open and nothing
+was attached. On the stdlib ``sqlite3`` driver the rules sit on the real
+connection as well. Anything refused: rollback, ``MIGRATION_FAILED``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +28,9 @@ from typing import Any
 
 from edgesync.errors import EdgesyncError
 from edgesync.protocol import ApplySchema, FunctionRef, NodeState, format_time, utcnow
-from edgesync.sqlscript import forbidden_statement, split_statements
+from edgesync.sqlguard import MigrationRules
+from edgesync.sqlrunner import ScriptFailed, dry_run, run_script
+from edgesync.sqlscript import split_statements
 
 BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS _edgesync_migrations (
@@ -44,6 +53,14 @@ CREATE TABLE IF NOT EXISTS _edgesync_releases (
     committed_at TEXT NOT NULL
 );
 """
+
+# A bound on the dry run's statements (no data in it: only pathological SQL is
+# slow there). Above the control plane's default check limit, for slower nodes.
+DRY_RUN_SECONDS = 30.0
+_APP_SCHEMA = (
+    "SELECT name, sql FROM sqlite_master"
+    " WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid"
+)
 
 
 class MigrationFailed(EdgesyncError):
@@ -92,8 +109,11 @@ class EdgeDatabase:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 current = _schema_version(connection)
+                _check_sequence(migrations, current)
+                if migrations:
+                    _prove(connection, migrations)
                 for migration in migrations:
-                    self._apply_migration(connection, migration, current, sync_id)
+                    _apply_migration(connection, migration, sync_id)
                     current = migration.version
                     checkpoint("migrating")
                 now = format_time(utcnow())
@@ -119,45 +139,6 @@ class EdgeDatabase:
                 connection.rollback()
                 raise
 
-    @staticmethod
-    def _apply_migration(
-        connection: Any, migration: ApplySchema, current: int, sync_id: str | None
-    ) -> None:
-        if migration.version != current + 1:
-            raise MigrationFailed(
-                f"migration {migration.version} does not follow schema version {current}",
-                details={"version": migration.version, "schema_version": current},
-            )
-        for index, statement in enumerate(split_statements(migration.up_sql)):
-            keyword = forbidden_statement(statement)
-            if keyword is not None:
-                raise MigrationFailed(
-                    f"migration {migration.version} may not use {keyword}",
-                    details={"version": migration.version, "statement_index": index},
-                )
-            try:
-                connection.execute(statement)
-            except Exception as exc:
-                raise MigrationFailed(
-                    f"migration {migration.version} failed: {exc}",
-                    details={
-                        "version": migration.version,
-                        "statement_index": index,
-                        "sql_error": str(exc)[:500],
-                    },
-                ) from exc
-        connection.execute(
-            "INSERT INTO _edgesync_migrations (version, description, checksum, sync_id, applied_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                migration.version,
-                migration.description,
-                hashlib.sha256(migration.up_sql.encode()).hexdigest(),
-                sync_id,
-                format_time(utcnow()),
-            ),
-        )
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction (for tools and tests)."""
         with self._lock:
@@ -169,6 +150,63 @@ class EdgeDatabase:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+
+
+def _check_sequence(migrations: Sequence[ApplySchema], current: int) -> None:
+    for migration in migrations:
+        if migration.version != current + 1:
+            raise MigrationFailed(
+                f"migration {migration.version} does not follow schema version {current}",
+                details={"version": migration.version, "schema_version": current},
+            )
+        current = migration.version
+
+
+def _prove(connection: Any, migrations: Sequence[ApplySchema]) -> None:
+    """The dry run: ``migrations`` under the rules on a stdlib copy of the schema.
+
+    The schema is read through the node's own connection: opening ``edge.db``
+    with a second SQLite library in this process would break its locks (NOTES.md).
+    """
+    schema = [(str(name), str(sql)) for name, sql in connection.execute(_APP_SCHEMA).fetchall()]
+    try:
+        dry_run(
+            schema,
+            [(m.version, m.up_sql) for m in migrations],
+            deadline_seconds=DRY_RUN_SECONDS,
+        )
+    except ScriptFailed as failure:
+        raise _migration_failed(failure) from failure
+
+
+def _apply_migration(connection: Any, migration: ApplySchema, sync_id: str | None) -> None:
+    try:
+        if isinstance(connection, sqlite3.Connection):
+            rules = MigrationRules()
+            with rules.installed(connection):
+                run_script(connection, migration.up_sql, rules=rules)
+        else:  # libsql: no authorizer; the runner checks after each statement instead
+            run_script(connection, migration.up_sql)
+    except ScriptFailed as failure:
+        failure.version = migration.version
+        raise _migration_failed(failure) from failure
+    connection.execute(
+        "INSERT INTO _edgesync_migrations (version, description, checksum, sync_id, applied_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (
+            migration.version,
+            migration.description,
+            hashlib.sha256(migration.up_sql.encode()).hexdigest(),
+            sync_id,
+            format_time(utcnow()),
+        ),
+    )
+
+
+def _migration_failed(failure: ScriptFailed) -> MigrationFailed:
+    return MigrationFailed(
+        f"migration {failure.version} failed: {failure.message}", details=failure.details
+    )
 
 
 def connect(path: Path, driver: str = "auto") -> Any:

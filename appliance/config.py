@@ -51,6 +51,9 @@ class ServeConfig:
     mqtt_public_url: str | None = None
     # Seconds between looks at the database for other replicas' changes.
     mqtt_watch_interval: float = 1.0
+    # Limits of the child process that checks a proposed migration chain.
+    migration_check_timeout: float = 10.0
+    migration_check_memory_mb: int = 256
 
     @property
     def resolved_database_url(self) -> str:
@@ -115,6 +118,10 @@ class ServeConfig:
         url = self.resolved_artifact_url
         if is_s3_url(url):
             S3Location.parse(url)  # its errors never show the secret key
+        if not 0.5 <= self.migration_check_timeout <= 3600:
+            raise ValueError("--migration-check-timeout must be between 0.5 and 3600 seconds")
+        if not 128 <= self.migration_check_memory_mb <= 65536:
+            raise ValueError("--migration-check-memory must be between 128 and 65536 MiB")
         self._validate_mqtt()
 
     def _validate_mqtt(self) -> None:

@@ -1,57 +1,130 @@
-"""Checking a schema migration before it is accepted.
+"""Checking a schema migration before it is accepted, in a child process.
 
 The whole chain (every accepted migration, then the candidate) is applied to a
-scratch in-memory libsql database, statement by statement — libsql's
-``executescript`` swallows errors (NOTES.md) — with the same engine the agents
-run, so a migration that cannot apply is refused at the door.
+scratch in-memory database by :mod:`appliance.migration_sandbox`, a child with
+a wall-clock limit (killed when it is reached) and an address-space limit. The
+server's event loop only waits on a pipe meanwhile, so an endless recursive CTE
+or a huge scratch table costs one child its limits, never the server its
+answers, its memory or its database: the child is given no path, inherits no
+file descriptor and no secret from the environment, and the migration rules
+refuse ATTACH in it (:mod:`edgesync.sqlguard`).
+
+Like :mod:`appliance.wasm_check`, the child is ``sys.executable -m …`` with
+``PYTHONPATH`` built from ``sys.path``: that works from the shiv zipapp too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from edgesync.errors import InvalidMigration
-from edgesync.sqlscript import forbidden_statement, split_statements
+
+log = logging.getLogger(__name__)
+
+_MEMORY_HINTS = ("memoryerror", "out of memory", "memory allocation", "cannot allocate")
 
 
-def check_chain(accepted: Sequence[str], candidate: str) -> None:
-    """Raise :class:`InvalidMigration` unless ``candidate`` applies after ``accepted``."""
-    statements = split_statements(candidate)
-    if not statements:
-        raise InvalidMigration(
-            "up_sql holds no SQL statement", details={"sql_error": "empty migration"}
-        )
-    for index, statement in enumerate(statements):
-        keyword = forbidden_statement(statement)
-        if keyword is not None:
-            raise InvalidMigration(
-                f"migrations may not use {keyword}: the agent applies each release"
-                " in one transaction inside the node's database file",
-                details={"sql_error": f"{keyword} is not allowed", "statement_index": index},
-            )
-    connection = _scratch_connection()
+@dataclass(frozen=True)
+class CheckLimits:
+    timeout_seconds: float = 10.0
+    memory_bytes: int = 256 * 1024 * 1024
+
+
+async def check_chain(chain: Sequence[tuple[int, str]], limits: CheckLimits) -> None:
+    """Raise :class:`InvalidMigration` unless every (version, sql) of ``chain``
+    applies in order within the migration rules and ``limits``."""
+    payload = json.dumps({"chain": [list(item) for item in chain]}).encode()
+    cpu_seconds = math.ceil(limits.timeout_seconds) + 1  # a backstop: the parent kills first
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance.migration_sandbox",
+        str(limits.memory_bytes),
+        str(cpu_seconds),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_child_environment(),
+        cwd="/",
+    )
     try:
-        for script in accepted:
-            for statement in split_statements(script):
-                connection.execute(statement)
-        for index, statement in enumerate(statements):
-            try:
-                connection.execute(statement)
-            except Exception as exc:
-                raise InvalidMigration(
-                    "migration does not apply to the current schema",
-                    details={"sql_error": str(exc)[:500], "statement_index": index},
-                ) from exc
+        out, err = await asyncio.wait_for(child.communicate(payload), limits.timeout_seconds)
+    except TimeoutError:
+        raise _over_time(limits) from None
     finally:
-        connection.close()
+        if child.returncode is None:  # timed out, or the request was cancelled
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+    _judge(child.returncode, out, err, limits)
 
 
-def _scratch_connection():  # type: ignore[no-untyped-def]
+def _judge(returncode: int | None, out: bytes, err: bytes, limits: CheckLimits) -> None:
+    verdict = _parse(out) if returncode == 0 else None
+    if verdict is not None:
+        if verdict.get("ok") is True:
+            return
+        error = verdict["error"]
+        raise InvalidMigration(str(error["message"]), details=dict(error["details"]))
+    if returncode == -signal.SIGXCPU:
+        raise _over_time(limits)
+    text = err.decode(errors="replace")
+    if any(hint in text.lower() for hint in _MEMORY_HINTS):
+        mib = limits.memory_bytes // (1024 * 1024)
+        raise InvalidMigration(
+            f"the migration check exceeded its memory limit ({mib} MiB)",
+            details={"reason": "memory", "sql_error": "out of memory", "limit_mib": mib},
+        )
+    log.warning("migration check child exited %s: %s", returncode, _last_line(text))
+    raise InvalidMigration(
+        "the migration check crashed",
+        details={"reason": "crashed", "sql_error": f"checker exited with status {returncode}"},
+    )
+
+
+def _over_time(limits: CheckLimits) -> InvalidMigration:
+    seconds = limits.timeout_seconds
+    return InvalidMigration(
+        f"the migration check ran longer than {seconds:g} s",
+        details={
+            "reason": "timeout",
+            "sql_error": "interrupted: time limit",
+            "limit_seconds": seconds,
+        },
+    )
+
+
+def _parse(out: bytes) -> dict[str, Any] | None:
     try:
-        import libsql
+        verdict = json.loads(out)
+    except ValueError:
+        return None
+    return verdict if isinstance(verdict, dict) else None
 
-        return libsql.connect(":memory:")
-    except ImportError:  # pragma: no cover - libsql ships in the zipapp
-        import sqlite3
 
-        return sqlite3.connect(":memory:")
+def _child_environment() -> dict[str, str]:
+    """Only what the interpreter needs: the server's environment holds its admin
+    token, database URL and S3 keys, none of which the child has any use for."""
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        # Address space is what is limited: one malloc arena per thread would
+        # reserve 64 MiB of it each.
+        "MALLOC_ARENA_MAX": "2",
+    }
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"

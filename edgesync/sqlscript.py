@@ -2,19 +2,14 @@
 
 Needed because libsql's ``executescript`` swallows errors (NOTES.md): every
 migration, on the control plane's scratch check and on the agent, runs statement
-by statement through ``execute`` so that the first failure surfaces.
+by statement through ``execute`` so that the first failure surfaces. What a
+statement may do is decided by SQLite itself, never from its text here
+(:mod:`edgesync.sqlguard`).
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
-
-# Statements a migration may not contain: they would end or nest the release's
-# transaction, or reach outside the database file (ATTACH, VACUUM INTO).
-_FORBIDDEN = re.compile(
-    r"^\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE|VACUUM|ATTACH|DETACH)\b", re.IGNORECASE
-)
 
 
 def split_statements(script: str) -> list[str]:
@@ -60,10 +55,3 @@ def _has_code(statement: str) -> bool:
     while text.startswith("/*") and "*/" in text:
         text = text[text.index("*/") + 2 :].strip()
     return bool(text.strip().strip(";").strip())
-
-
-def forbidden_statement(statement: str) -> str | None:
-    """The keyword that makes ``statement`` unfit for a migration, or None."""
-    code = "\n".join(line for line in statement.splitlines() if not line.strip().startswith("--"))
-    match = _FORBIDDEN.match(code)
-    return match.group(1).upper() if match else None

@@ -1,14 +1,14 @@
-"""Schema migrations for the nodes' edge databases: append-only, checked on entry."""
+"""Schema migrations for the nodes' edge databases: append-only, checked on entry
+(in a child process with time and memory limits: :mod:`appliance.migration_check`)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 from aiohttp import web
 
 from appliance.api.common import json_response, optional_str, principal, read_json
-from appliance.migration_check import check_chain
+from appliance.migration_check import CheckLimits, check_chain
 from appliance.services import services
 from appliance.store.records import MigrationRecord
 from edgesync.errors import SchemaVersionConflict, ValidationFailed
@@ -38,6 +38,7 @@ async def add_migration(request: web.Request) -> web.Response:
         raise ValidationFailed("up_sql must be non-empty SQL text", details={"field": "up_sql"})
     down_sql = optional_str(body, "down_sql", SQL_LIMIT)
     description = optional_str(body, "description", 500) or ""
+    config = services(request).config
     store = services(request).store
     accepted = await store.list_migrations()
     expected = (accepted[-1].version if accepted else 0) + 1
@@ -46,7 +47,12 @@ async def add_migration(request: web.Request) -> web.Response:
             f"schema version must be {expected}",
             details={"expected_version": expected, "version": version},
         )
-    await asyncio.to_thread(check_chain, [m.up_sql for m in accepted], up_sql)
+    chain = [(m.version, m.up_sql) for m in accepted] + [(version, up_sql)]
+    limits = CheckLimits(
+        timeout_seconds=config.migration_check_timeout,
+        memory_bytes=config.migration_check_memory_mb * 1024 * 1024,
+    )
+    await check_chain(chain, limits)
     record = MigrationRecord(
         version=version,
         description=description,

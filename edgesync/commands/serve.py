@@ -124,6 +124,22 @@ import click
     envvar="EDGESYNC_MQTT_WATCH_INTERVAL",
     help="Seconds between looks at the database for other replicas' changes.",
 )
+@click.option(
+    "--migration-check-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 3600),
+    envvar="EDGESYNC_MIGRATION_CHECK_TIMEOUT",
+    help="Seconds the check of a proposed migration may run (in a child process).",
+)
+@click.option(
+    "--migration-check-memory",
+    default=256,
+    show_default=True,
+    type=click.IntRange(128, 65536),
+    envvar="EDGESYNC_MIGRATION_CHECK_MEMORY",
+    help="MiB of address space the migration check's child process may use.",
+)
 def serve(
     host: str,
     port: int,
@@ -150,6 +166,8 @@ def serve(
     mqtt_broker: str | None,
     mqtt_public_url: str | None,
     mqtt_watch_interval: float,
+    migration_check_timeout: float,
+    migration_check_memory: int,
 ) -> None:
     """Run the control plane (REST API, artifact store, metrics)."""
     from appliance.config import ServeConfig
@@ -190,6 +208,8 @@ def serve(
         mqtt_broker=mqtt_broker or None,
         mqtt_public_url=mqtt_public_url or None,
         mqtt_watch_interval=mqtt_watch_interval,
+        migration_check_timeout=migration_check_timeout,
+        migration_check_memory_mb=migration_check_memory,
     )
     try:
         config.validate()
