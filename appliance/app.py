@@ -29,6 +29,7 @@ from appliance.signing import UrlSigner
 from appliance.store.db import open_database
 from appliance.store.store import Store
 from appliance.sync_service import SyncService
+from appliance.upload_claims import UploadClaims
 
 log = logging.getLogger("edgesync.serve")
 
@@ -100,8 +101,15 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
                 delivery=config.artifact_delivery,
                 presign=artifacts.presigned_url,
             )
-            app[SERVICES] = Services(config, store, artifacts, authority, signer, sync, metrics)
-            yield
+            uploads = UploadClaims(store, config.data_dir)
+            await uploads.start()
+            try:
+                app[SERVICES] = Services(
+                    config, store, artifacts, authority, signer, sync, metrics, uploads
+                )
+                yield
+            finally:
+                await uploads.close()
         finally:
             await artifacts.close()
     finally:

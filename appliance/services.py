@@ -13,6 +13,7 @@ from appliance.metrics import Metrics
 from appliance.signing import UrlSigner
 from appliance.store.store import Store
 from appliance.sync_service import SyncService
+from appliance.upload_claims import UploadClaims
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Services:
     signer: UrlSigner
     sync: SyncService
     metrics: Metrics
+    uploads: UploadClaims
 
 
 SERVICES = web.AppKey("services", Services)

@@ -46,8 +46,7 @@ log = logging.getLogger("edgesync.functions")
 async def upload(request: web.Request) -> web.Response:
     principal(request).require_admin()
     svc = services(request)
-    staging = svc.config.data_dir / "staging"
-    staged = await _receive(request, staging, svc.config.max_upload_bytes)
+    staged = await _receive(request, svc.uploads.staging_dir, svc.config.max_upload_bytes)
     try:
         record = await _accept(svc, staged)
     finally:
@@ -97,13 +96,10 @@ async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:
     )
     # Claim the version first: only the claimant writes the object, so two
     # concurrent uploads of one version never mix their bytes (one 201, one 409).
-    await svc.store.reserve_function(record, now)
-    try:
+    # A claim that is not published is released, or taken over by the next try.
+    async with svc.uploads.claim(record) as claim:
         await svc.artifacts.put(record.storage_key, staged.path)
-        await svc.store.publish_function(record.id)
-    except BaseException:
-        await svc.store.release_function(record.id)
-        raise
+        await svc.uploads.publish(claim)
     return record
 
 

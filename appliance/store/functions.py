@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from appliance.store.base import StoreBase, now
-from appliance.store.db import Connection, IntegrityViolation
+from appliance.store.base import StoreBase
+from appliance.store.db import Connection, IntegrityViolation, Row
 from appliance.store.records import FunctionRecord
 from edgesync.errors import FunctionExists, NotFound
 from edgesync.protocol import format_time
 
-# An upload's claim on (name, version) older than this belongs to a crashed upload.
+# A claim made without an owning instance (by an older version), older than
+# this, belongs to a crashed upload.
 STALE_UPLOAD = timedelta(minutes=15)
 
 
@@ -20,24 +22,37 @@ class FunctionStore(StoreBase):
 
     # -- functions ------------------------------------------------------------------
 
-    async def reserve_function(self, record: FunctionRecord, now: datetime) -> None:
+    async def reserve_function(
+        self,
+        record: FunctionRecord,
+        now: datetime,
+        owner: str | None = None,
+        live: Collection[str] = (),
+    ) -> None:
         """Claim ``(name, version)`` for an upload in progress (invisible to plans).
 
         Only the claimant stores the object, so two concurrent uploads of one
-        version can never mix their bytes. A claim left by a crashed upload is
-        taken over once it is older than ``STALE_UPLOAD``.
+        version can never mix their bytes (the loser gets 409). A claim whose
+        upload is over without publishing is taken over at once: one of the
+        serve instance ``owner`` itself that is not in its ``live`` uploads (a
+        failure it could not release, e.g. with the database away), one whose
+        owning instance stopped renewing its lease (killed), and one made
+        without an owner (older versions) once it is older than ``STALE_UPLOAD``.
         """
 
         async def reserve(tx: Connection) -> None:
-            await tx.execute(
-                "DELETE FROM functions WHERE name = ? AND version = ?"
-                " AND status = 'uploading' AND created_at < ?",
-                (record.name, record.version, format_time(now - STALE_UPLOAD)),
+            held = await tx.fetchone(
+                "SELECT id, claim_owner, created_at FROM functions"
+                " WHERE name = ? AND version = ? AND status = 'uploading'",
+                (record.name, record.version),
             )
+            if held is not None and await _claim_is_over(tx, held, owner, live, now):
+                await tx.execute(
+                    "DELETE FROM functions WHERE id = ? AND status = 'uploading'", (held["id"],)
+                )
             await tx.execute(
-                "INSERT INTO functions"
-                " (id, name, version, sha256, size_bytes, storage_key, created_at, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'uploading')",
+                "INSERT INTO functions (id, name, version, sha256, size_bytes, storage_key,"
+                " created_at, status, claim_owner) VALUES (?, ?, ?, ?, ?, ?, ?, 'uploading', ?)",
                 (
                     record.id,
                     record.name,
@@ -46,6 +61,7 @@ class FunctionStore(StoreBase):
                     record.size_bytes,
                     record.storage_key,
                     record.created_at,
+                    owner,
                 ),
             )
 
@@ -82,13 +98,14 @@ class FunctionStore(StoreBase):
         await self._write(release)
 
     async def function_exists(self, name: str, version: str) -> bool:
-        """Whether ``(name, version)`` is taken: uploaded (deleted since or not), or
-        claimed by a live upload. A stale claim does not count: the next upload
-        takes it over (:meth:`reserve_function`), so it must get that far."""
+        """Whether ``(name, version)`` was uploaded (deleted since or not).
+
+        A claim of an upload in progress does not count here: whether it is live
+        is decided where it can be taken over, in :meth:`reserve_function`.
+        """
         row = await self.db.fetchone(
-            "SELECT id FROM functions WHERE name = ? AND version = ?"
-            " AND (status <> 'uploading' OR created_at >= ?)",
-            (name, version, format_time(now() - STALE_UPLOAD)),
+            "SELECT id FROM functions WHERE name = ? AND version = ? AND status <> 'uploading'",
+            (name, version),
         )
         return row is not None
 
@@ -130,3 +147,16 @@ class FunctionStore(StoreBase):
             return FunctionRecord.from_row(row)
 
         return await self._write(delete)
+
+
+async def _claim_is_over(
+    tx: Connection, held: Row, owner: str | None, live: Collection[str], now: datetime
+) -> bool:
+    """Whether the upload behind the claim ``held`` has ended without publishing."""
+    holder = held["claim_owner"]
+    if holder is None:
+        return str(held["created_at"]) < format_time(now - STALE_UPLOAD)
+    if holder == owner:
+        return held["id"] not in live
+    instance = await tx.fetchone("SELECT alive_until FROM serve_instances WHERE id = ?", (holder,))
+    return instance is None or str(instance["alive_until"]) < format_time(now)
