@@ -5,8 +5,9 @@ served by aiohttp exactly as ``edgesync agent`` serves it) with
 ``examples/echo.wat`` deployed as ``echo``, against a bare aiohttp handler that
 echoes the body in Python (same interpreter, same aiohttp, same route shape),
 in the same run. Each server is a subprocess pinned to core 0 (``taskset -c
-0``; WasmEdge's per-invocation ``wasmedge`` processes inherit the pin); ``wrk``
-POSTs the same body from core 1.
+0``; the WasmEdge runtime's worker processes inherit the pin); ``wrk`` POSTs the
+same body from core 1. The goals of the WasmEdge C API work are checked as ratios
+to the bare echo measured in the same run (:data:`GOALS`).
 
 Two loads per server: one connection (the latency of a single invocation with
 nothing queued) and ``--connections`` connections (the rate at saturation).
@@ -51,6 +52,12 @@ from bench.support import (
 )
 
 KEY, HEADING = "gateway", "4. Gateway invoke latency: results"
+#: Goals: p50 at one connection at most this many times the bare echo's ...
+P50_GOAL_RATIO = 2.0
+#: ... p99 at one connection at most this (ms) ...
+P99_GOAL_MS = 5.0
+#: ... and at 16 connections at least this share of the bare echo's rate.
+SHARE_GOALS = {"wasmedge": 0.25, "wasmtime": 0.30}
 SERVER_CPU, CLIENT_CPU = 0, 1
 LABELS = {
     "bare": "bare aiohttp echo (baseline)",
@@ -290,13 +297,46 @@ def results_markdown(result: GatewayResult, mode: str) -> str:
         " every server's answer to the body was checked once before the runs."
     )
     out.append(
-        "* Server CPU per request includes the `wasmedge` processes the WasmEdge runtime"
-        " starts (their CPU time is reaped into the gateway's)."
+        "* Server CPU per request includes the WasmEdge runtime's worker processes (the"
+        " gateway's live descendants, read from `/proc`)."
     )
+    out += goal_lines(result)
     for runtime, why in result.skipped.items():
         out.append(f"* {runtime}: not measured ({why}).")
     out.append("")
     return "\n".join(out)
+
+
+def goal_lines(result: GatewayResult) -> list[str]:
+    """Each runtime against the goals, as ratios to the bare echo of the same run."""
+    s = result.settings
+    bare = result.targets["bare"]
+    bare_p50, bare_rps = bare.med(bare.single, "p50_ms"), bare.med(bare.loaded, "rps")
+    lines = []
+    for name, target in result.targets.items():
+        if name == "bare":
+            continue
+        p50 = target.med(target.single, "p50_ms")
+        p99 = target.med(target.single, "p99_ms")
+        share = target.med(target.loaded, "rps") / bare_rps
+        checks = [
+            (
+                f"p50 at 1 conn. ≤ {P50_GOAL_RATIO:g}× bare",
+                p50 / bare_p50 <= P50_GOAL_RATIO,
+                f"{p50 / bare_p50:.1f}×",
+            ),
+            (f"p99 at 1 conn. ≤ {P99_GOAL_MS:g} ms", p99 <= P99_GOAL_MS, f"{p99:.2f} ms"),
+            (
+                f"rate at {s.connections} conn. ≥ {SHARE_GOALS[name]:.0%} of bare",
+                share >= SHARE_GOALS[name],
+                f"{share:.1%}",
+            ),
+        ]
+        verdicts = "; ".join(
+            f"{what}: {'met' if ok else '**missed**'} ({value})" for what, ok, value in checks
+        )
+        lines.append(f"* Goals, {target.name}: {verdicts}.")
+    return lines
 
 
 REPORT = Report(KEY, HEADING, "edgesync-bench-gw-", summary_lines, results_markdown)

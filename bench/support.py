@@ -1,7 +1,7 @@
 """Plumbing shared by the agent and backend benchmarks (benchmarks 4–8).
 
 Beside ``bench/common.py`` (servers, HTTP, RSS, the machine), this holds what
-those benchmarks add: WasmEdge discovery, the echo module (made distinct on
+those benchmarks add: WasmEdge discovery (the agent's own), the echo module (made distinct on
 demand), wrk with a POST body, CPU time including reaped children, and each
 benchmark's own marker-delimited block of ``docs/benchmarks.md``.
 """
@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,31 +26,20 @@ from bench.common import REPO, BenchError, busy_seconds, machine_info, pinned, w
 
 DOC = REPO / "docs" / "benchmarks.md"
 OUT = REPO / "bench" / "out"
-WASMEDGE_ENV = "EDGESYNC_WASMEDGE"
-PROVISIONED_WASMEDGE = REPO / ".wasmedge" / "bin" / "wasmedge"
 
 
 # -- WasmEdge ----------------------------------------------------------------------------
 
 
 def wasmedge_command() -> str | None:
-    """A working ``wasmedge``: ``$EDGESYNC_WASMEDGE``, else ``.wasmedge/bin/wasmedge``
-    (``make wasmedge``), else ``PATH``. Exported as ``$EDGESYNC_WASMEDGE`` for the
-    runtime in this process and in the servers it starts."""
-    candidates = [os.environ.get(WASMEDGE_ENV, ""), str(PROVISIONED_WASMEDGE)]
-    candidates.append(shutil.which("wasmedge") or "")
-    for candidate in filter(None, candidates):
-        path = Path(candidate)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            continue
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(
-                [str(path), "--version"], capture_output=True, timeout=15, check=False
-            )
-            if done.returncode == 0 and done.stdout.startswith(b"wasmedge version"):
-                os.environ[WASMEDGE_ENV] = str(path)
-                return str(path)
-    return None
+    """A working WasmEdge found as the agent finds it (``agent.runtime.find_wasmedge``:
+    ``$EDGESYNC_WASMEDGE``, ``.wasmedge/`` from ``make wasmedge``, ``PATH``, the
+    distribution's library); None without one. Never judged by ``--version``'s text,
+    which starts with the executable's full path when it is run by one."""
+    from agent.runtime import find_wasmedge
+
+    installation = find_wasmedge()
+    return installation.library if installation is not None else None
 
 
 # -- modules -----------------------------------------------------------------------------
@@ -75,11 +63,27 @@ def echo_module(tag: str | None = None) -> bytes:
 
 
 def cpu_with_children(pid: int) -> float:
-    """CPU seconds of ``pid`` plus its reaped children (utime, stime, cutime, cstime):
-    the WasmEdge runtime's ``wasmedge`` processes count for the gateway that ran them."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rpartition(")")[2].split()
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of ``pid``, its reaped children (cutime, cstime) and its live
+    descendants: the WasmEdge runtime's worker processes count for the gateway."""
+    total = 0
+    for member in [pid, *_descendants(pid)]:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{member}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+            total += sum(int(value) for value in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    found, frontier = [], {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier}
+        found += sorted(frontier)
+    return found
 
 
 def median(values: Sequence[float]) -> float:
