@@ -9,13 +9,25 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from appliance.openapi_schemas import (
+    JTI,
+    LABELS,
+    NAME,
+    SCHEMAS,
+    SHA256,
+    TIME,
+    UUID,
+    VERSION,
+    integer,
+    obj,
+    page,
+    ref,
+    string,
+)
 from edgesync import __version__
+from edgesync.protocol import SCHEMA_VERSION_MAX
 
 JSON = "application/json"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -24,15 +36,21 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
-        400: "Invalid request (INVALID_JSON, VALIDATION_FAILED, …)",
+        400: "Invalid request (INVALID_JSON, VALIDATION_FAILED, INVALID_MULTIPART, …)",
         401: "UNAUTHORIZED: missing, malformed, expired or rotated-away token",
         403: "FORBIDDEN: another node's route, or an admin-only route",
         404: "NOT_FOUND",
         409: "Conflict",
         413: "PAYLOAD_TOO_LARGE",
+        415: "UNSUPPORTED_MEDIA_TYPE",
         503: "SERVICE_UNAVAILABLE (retryable, with Retry-After)",
     }
-    return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+    return {str(s): _json(ref("Error"), reasons[s]) for s in statuses}
+
+
+# Every body may be refused as malformed, too large or of the wrong type, and
+# every route behind the store may find it unavailable.
+BODY_ERRORS = (400, 413, 415)
 
 
 def _op(
@@ -41,15 +59,20 @@ def _op(
     errors: tuple[int, ...],
     *,
     body: dict[str, Any] | None = None,
+    body_required: bool = True,
     params: list[dict[str, Any]] | None = None,
     security: str | None = "bearer",
     tags: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    operation: dict[str, Any] = {"summary": summary, "responses": {**ok, **_errors(*errors)}}
+    statuses = set(errors) | (set(BODY_ERRORS) if body is not None else set())
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {**ok, **_errors(*sorted(statuses))},
+    }
     if tags:
         operation["tags"] = list(tags)
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": body}
+        operation["requestBody"] = {"required": body_required, "content": body}
     if params:
         operation["parameters"] = params
     operation["security"] = [{"bearer": []}] if security else []
@@ -57,7 +80,12 @@ def _op(
 
 
 def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
 
 
 def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
@@ -71,154 +99,44 @@ def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str
 
 
 PAGE = [
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
-    _query("cursor", {"type": "string"}),
+    _query("limit", integer(1, 1000)),
+    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
 ]
-
-SCHEMAS: dict[str, Any] = {
-    "ErrorObject": {
-        "type": "object",
-        "required": ["code", "message", "details", "retryable"],
-        "properties": {
-            "code": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"},
-            "message": {"type": "string"},
-            "details": {"type": "object"},
-            "retryable": {"type": "boolean"},
-        },
-    },
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": _ref("ErrorObject")},
-    },
-    "FunctionRef": {
-        "type": "object",
-        "required": ["name", "version", "sha256"],
-        "properties": {
-            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
-            "version": {"type": "string", "pattern": "^[0-9A-Za-z][0-9A-Za-z.+_-]{0,49}$"},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        },
-    },
-    "NodeState": {
-        "type": "object",
-        "required": ["schema_version", "functions"],
-        "properties": {
-            "schema_version": {"type": "integer", "minimum": 0},
-            "functions": {"type": "array", "items": _ref("FunctionRef")},
-        },
-    },
-    "Node": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "name": {"type": "string"},
-            "region": {"type": "string", "nullable": True},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "status": {"type": "string", "enum": ["online", "offline", "syncing"]},
-            "current_schema_version": {"type": "integer"},
-            "functions": {"type": "array", "items": _ref("FunctionRef")},
-            "agent_version": {"type": "string", "nullable": True},
-            "poll_interval_seconds": {"type": "integer"},
-            "last_heartbeat_at": {"type": "string", "format": "date-time", "nullable": True},
-            "last_sync_at": {"type": "string", "format": "date-time", "nullable": True},
-            "created_at": {"type": "string", "format": "date-time"},
-        },
-    },
-    "Function": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "name": {"type": "string"},
-            "version": {"type": "string"},
-            "sha256": {"type": "string"},
-            "size_bytes": {"type": "integer"},
-            "created_at": {"type": "string", "format": "date-time"},
-        },
-    },
-    "Migration": {
-        "type": "object",
-        "properties": {
-            "version": {"type": "integer"},
-            "description": {"type": "string"},
-            "up_sql": {"type": "string"},
-            "down_sql": {"type": "string", "nullable": True},
-            "checksum": {"type": "string"},
-            "created_at": {"type": "string", "format": "date-time"},
-        },
-    },
-    "Action": {
-        "type": "object",
-        "required": ["type"],
-        "description": "apply_schema {version, description, up_sql} | deploy_function "
-        "{function_id, name, version, sha256, size_bytes, download_url, url_expires_at} | "
-        "remove_function {name, version}",
-        "properties": {
-            "type": {
-                "type": "string",
-                "enum": ["apply_schema", "deploy_function", "remove_function"],
-            }
-        },
-    },
-    "Plan": {
-        "type": "object",
-        "required": ["sync_id", "etag", "target", "actions"],
-        "properties": {
-            "sync_id": {"type": "string", "nullable": True},
-            "etag": {"type": "string"},
-            "target": _ref("NodeState"),
-            "actions": {"type": "array", "items": _ref("Action")},
-        },
-    },
-    "Ack": {
-        "type": "object",
-        "required": ["sync_id", "status", "state"],
-        "properties": {
-            "sync_id": {"type": "string"},
-            "status": {"type": "string", "enum": ["success", "failed"]},
-            "state": _ref("NodeState"),
-            "error": {"nullable": True, "allOf": [_ref("ErrorObject")]},
-        },
-    },
-    "SyncRecord": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "node_id": {"type": "string"},
-            "sync_type": {"type": "string", "enum": ["full", "incremental"]},
-            "status": {"type": "string", "enum": ["pending", "success", "failed"]},
-            "started_at": {"type": "string", "format": "date-time"},
-            "completed_at": {"type": "string", "format": "date-time", "nullable": True},
-            "error_code": {"type": "string", "nullable": True},
-            "error_message": {"type": "string", "nullable": True},
-            "functions_added": {"type": "integer"},
-            "functions_removed": {"type": "integer"},
-            "schemas_applied": {"type": "integer"},
-        },
-    },
-}
-
-
-def _obj(**properties: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": properties}
 
 
 def _paths() -> dict[str, Any]:
+    # The handlers' own limits (imported here, not at module level: the route
+    # modules import this one), so the document states exactly what they check.
+    from appliance.api.schemas import SQL_LIMIT
+    from appliance.api.tokens import MAX_TTL_SECONDS
+
     node = [_path_param("node_id")]
     function = [_path_param("function_id")]
-    s, i, b, o = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "object"}
-    register_body = _obj(name=s, region=s, labels=o, enrollment_token=s)
+    s, b, o = {"type": "string"}, {"type": "boolean"}, {"type": "object"}
+    register_body = obj(
+        "name",
+        "enrollment_token",
+        name=string(100, min_length=1),
+        region=string(100, nullable=True),
+        labels=LABELS,
+        enrollment_token={"type": "string", "pattern": "^est_[^.]+\\..+$"},
+    )
     return {
         "/api/v1/nodes/register": {
             "post": _op(
                 "Register a node with an enrollment token",
                 {
                     "201": _json(
-                        _obj(
-                            node_id=s,
+                        obj(
+                            "node_id",
+                            "token",
+                            "token_expires_at",
+                            "poll_interval_seconds",
+                            "mqtt",
+                            node_id=UUID,
                             token=s,
-                            token_expires_at=s,
-                            poll_interval_seconds=i,
+                            token_expires_at=TIME,
+                            poll_interval_seconds=integer(1),
                             # null when MQTT push is off (docs/mqtt.md)
                             mqtt={
                                 "type": "object",
@@ -232,7 +150,7 @@ def _paths() -> dict[str, Any]:
                         "Registered",
                     )
                 },
-                (400, 401, 503),
+                (401, 503),
                 body={JSON: {"schema": register_body}},
                 security=None,
                 tags=("nodes",),
@@ -241,13 +159,8 @@ def _paths() -> dict[str, Any]:
         "/api/v1/nodes": {
             "get": _op(
                 "List nodes (admin)",
-                {
-                    "200": _json(
-                        _obj(nodes={"type": "array", "items": _ref("Node")}, next_cursor=s),
-                        "A page of nodes",
-                    )
-                },
-                (400, 401, 403),
+                {"200": _json(page("nodes", "Node"), "A page of nodes")},
+                (400, 401, 403, 503),
                 params=[
                     _query("status", {"type": "string", "enum": ["online", "offline", "syncing"]}),
                     _query("region", s),
@@ -259,8 +172,8 @@ def _paths() -> dict[str, Any]:
         "/api/v1/nodes/{node_id}": {
             "get": _op(
                 "Show a node (admin or that node)",
-                {"200": _json(_ref("Node"), "The node")},
-                (401, 403, 404),
+                {"200": _json(ref("Node"), "The node")},
+                (401, 403, 404, 503),
                 params=node,
                 tags=("nodes",),
             )
@@ -268,9 +181,21 @@ def _paths() -> dict[str, Any]:
         "/api/v1/nodes/{node_id}/heartbeat": {
             "post": _op(
                 "Heartbeat (that node)",
-                {"200": _json(_obj(status=s, server_time=s), "Recorded")},
-                (400, 401, 403, 404),
-                body={JSON: {"schema": _obj(agent_version=s, state_etag=s)}},
+                {
+                    "200": _json(
+                        obj("status", "server_time", status=s, server_time=TIME), "Recorded"
+                    )
+                },
+                (401, 403, 404, 503),
+                body={
+                    JSON: {
+                        "schema": obj(
+                            agent_version=string(100, nullable=True),
+                            state_etag=string(200, nullable=True),
+                        )
+                    }
+                },
+                body_required=False,
                 params=node,
                 tags=("nodes",),
             )
@@ -278,8 +203,15 @@ def _paths() -> dict[str, Any]:
         "/api/v1/nodes/{node_id}/token/rotate": {
             "post": _op(
                 "Rotate the node token (that node); the old one stops working",
-                {"200": _json(_obj(token=s, token_expires_at=s), "New token")},
-                (401, 403),
+                {
+                    "200": _json(
+                        obj("token", "token_expires_at", token=s, token_expires_at=TIME),
+                        "New token",
+                    )
+                },
+                (401, 403, 409, 503),
+                body={JSON: {"schema": obj(jti=JTI)}},
+                body_required=False,
                 params=node,
                 tags=("nodes",),
             )
@@ -288,14 +220,14 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "The node's plan; 304 when If-None-Match equals its ETag",
                 {
-                    "200": _json(_ref("Plan"), "Plan (ETag header set)"),
+                    "200": _json(ref("Plan"), "Plan (ETag header set)"),
                     "304": {"description": "Not modified"},
                 },
-                (401, 403, 404),
+                (400, 401, 403, 404, 503),
                 params=[
                     *node,
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": s},
-                    _query("full", {"type": "boolean"}, "plan as if the node held no functions"),
+                    _query("full", b, "plan as if the node held no functions"),
                 ],
                 tags=("sync",),
             )
@@ -303,9 +235,13 @@ def _paths() -> dict[str, Any]:
         "/api/v1/nodes/{node_id}/sync/ack": {
             "post": _op(
                 "Acknowledge a plan (idempotent)",
-                {"200": _json(_obj(recorded=b, sync=_ref("SyncRecord")), "Recorded")},
-                (400, 401, 403, 404),
-                body={JSON: {"schema": _ref("Ack")}},
+                {
+                    "200": _json(
+                        obj("recorded", "sync", recorded=b, sync=ref("SyncRecord")), "Recorded"
+                    )
+                },
+                (401, 403, 404, 409, 503),
+                body={JSON: {"schema": ref("Ack")}},
                 params=node,
                 tags=("sync",),
             )
@@ -315,25 +251,29 @@ def _paths() -> dict[str, Any]:
                 "Sync history, newest first",
                 {
                     "200": _json(
-                        _obj(records={"type": "array", "items": _ref("SyncRecord")}), "History"
+                        obj("records", records={"type": "array", "items": ref("SyncRecord")}),
+                        "History",
                     )
                 },
-                (400, 401, 403, 404),
-                params=[*node, _query("limit", {"type": "integer", "minimum": 1, "maximum": 500})],
+                (400, 401, 403, 404, 503),
+                params=[*node, _query("limit", integer(1, 500))],
                 tags=("sync",),
             )
         },
         "/api/v1/functions": {
             "post": _op(
                 "Upload a function version (admin, multipart)",
-                {"201": _json(_ref("Function"), "Stored")},
-                (400, 401, 403, 409, 413),
+                {"201": _json(ref("Function"), "Stored")},
+                (401, 403, 409, 503),
                 body={
                     "multipart/form-data": {
-                        "schema": _obj(
-                            name=s,
-                            version=s,
-                            sha256=s,
+                        "schema": obj(
+                            "name",
+                            "version",
+                            "module",
+                            name=NAME,
+                            version=VERSION,
+                            sha256=SHA256,
                             module={"type": "string", "format": "binary"},
                         )
                     }
@@ -342,29 +282,24 @@ def _paths() -> dict[str, Any]:
             ),
             "get": _op(
                 "List function versions (admin)",
-                {
-                    "200": _json(
-                        _obj(functions={"type": "array", "items": _ref("Function")}, next_cursor=s),
-                        "A page of functions",
-                    )
-                },
-                (400, 401, 403),
-                params=[_query("name", s), *PAGE],
+                {"200": _json(page("functions", "Function"), "A page of functions")},
+                (400, 401, 403, 503),
+                params=[_query("name", NAME), *PAGE],
                 tags=("functions",),
             ),
         },
         "/api/v1/functions/{function_id}": {
             "get": _op(
                 "Show a function version",
-                {"200": _json(_ref("Function"), "The function")},
-                (401, 404),
+                {"200": _json(ref("Function"), "The function")},
+                (401, 404, 503),
                 params=function,
                 tags=("functions",),
             ),
             "delete": _op(
                 "Withdraw a function version (admin)",
                 {"204": {"description": "Deleted"}},
-                (401, 403, 404),
+                (401, 403, 404, 503),
                 params=function,
                 tags=("functions",),
             ),
@@ -380,7 +315,7 @@ def _paths() -> dict[str, Any]:
                         },
                     }
                 },
-                (401, 403, 404),
+                (401, 403, 404, 503),
                 params=[*function, _query("expires", s), _query("sig", s)],
                 security=None,
                 tags=("functions",),
@@ -389,28 +324,63 @@ def _paths() -> dict[str, Any]:
         "/api/v1/schemas": {
             "post": _op(
                 "Append a schema migration (admin); checked on a scratch database",
-                {"201": _json(_ref("Migration"), "Accepted")},
-                (400, 401, 403, 409),
-                body={JSON: {"schema": _obj(version=i, description=s, up_sql=s, down_sql=s)}},
+                {"201": _json(ref("Migration"), "Accepted")},
+                (401, 403, 409, 503),
+                body={
+                    JSON: {
+                        "schema": obj(
+                            "version",
+                            "up_sql",
+                            version=integer(1, SCHEMA_VERSION_MAX),
+                            description=string(500, nullable=True),
+                            up_sql=string(SQL_LIMIT, min_length=1),
+                            down_sql=string(SQL_LIMIT, nullable=True),
+                        )
+                    }
+                },
                 tags=("schemas",),
             ),
             "get": _op(
                 "List migrations, ascending",
                 {
                     "200": _json(
-                        _obj(migrations={"type": "array", "items": _ref("Migration")}), "All"
+                        obj("migrations", migrations={"type": "array", "items": ref("Migration")}),
+                        "All",
                     )
                 },
-                (401,),
+                (401, 503),
                 tags=("schemas",),
             ),
         },
         "/api/v1/enrollment-tokens": {
             "post": _op(
                 "Create an enrollment token (admin)",
-                {"201": _json(_obj(token=s, expires_at=s, max_uses=i, region=s), "Created")},
-                (400, 401, 403),
-                body={JSON: {"schema": _obj(ttl_seconds=i, max_uses=i, region=s)}},
+                {
+                    "201": _json(
+                        obj(
+                            "token",
+                            "expires_at",
+                            "max_uses",
+                            "region",
+                            token=s,
+                            expires_at=TIME,
+                            max_uses=integer(1, 1_000_000),
+                            region=string(100, nullable=True),
+                        ),
+                        "Created",
+                    )
+                },
+                (401, 403, 503),
+                body={
+                    JSON: {
+                        "schema": obj(
+                            ttl_seconds=integer(1, MAX_TTL_SECONDS),
+                            max_uses=integer(1, 1_000_000),
+                            region=string(100, nullable=True),
+                        )
+                    }
+                },
+                body_required=False,
                 tags=("auth",),
             )
         },
@@ -430,7 +400,7 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "Prometheus metrics",
                 {"200": {"description": "text/plain exposition"}},
-                (),
+                (503,),
                 security=None,
             )
         },
