@@ -17,6 +17,7 @@ from agent.gateway import make_gateway
 from agent.loop import Agent
 from agent.push import PushListener
 from agent.runtime.base import Limits
+from edgesync.http_server import EnvelopeAppRunner
 from edgesync.listen import bind_tcp
 
 log = logging.getLogger("edgesync.agent")
@@ -72,7 +73,8 @@ async def _serve(config: AgentConfig, agent: Agent, listeners: list[socket.socke
         if push is not None:
             push.start()
         if listeners:
-            runner = web.AppRunner(make_gateway(runtime, limits_of(config)), access_log=None)
+            gateway = make_gateway(runtime, limits_of(config))
+            runner = EnvelopeAppRunner(gateway, access_log=None)  # envelopes, read deadlines
             await runner.setup()
             for sock in listeners:
                 await web.SockSite(runner, sock).start()
