@@ -44,6 +44,7 @@ STDERR_LIMIT = 1024 * 1024
 #: handle, and again to consume a stop that arrived after its call had ended.
 NOOP_WASM = bytes.fromhex("0061736d0100000001040160000003020100070801046e6f6f7000000a040102000b")
 PR_SET_PDEATHSIG = 1
+START, MEMORY = capi.wrap(b"_start"), capi.wrap(b"memory")
 
 
 class Executor:
@@ -219,7 +220,7 @@ class Worker:
             result = lib.ExecutorInstantiate(executor.handle, ctypes.byref(instance), store, ast)
             if not capi.succeeded(result):
                 return self._collect({"status": "load", "message": lib.message(result)})
-            start = lib.ModuleInstanceFindFunction(instance, capi.wrap(b"_start"))
+            start = lib.ModuleInstanceFindFunction(instance, START)
             self.watchdog.begin(executor, request["timeout"], request["max_out"])
             try:
                 result = lib.ExecutorInvoke(executor.handle, start, None, 0, None, 0)
@@ -239,7 +240,7 @@ class Worker:
                 if reply["exit_code"]:
                     reply["status"] = "exit"
             if reply["status"] != "ok":  # for telling a memory limit from a trap
-                memory = lib.ModuleInstanceFindMemory(instance, capi.wrap(b"memory"))
+                memory = lib.ModuleInstanceFindMemory(instance, MEMORY)
                 reply["memory_pages"] = lib.MemoryInstanceGetPageSize(memory) if memory else 0
             return self._collect(reply)
         finally:
@@ -249,22 +250,27 @@ class Worker:
             lib.ModuleInstanceDelete(wasi)
 
     def _reset_stdio(self, stdin: bytes) -> None:
+        """stdin holds the request, stdout and stderr (emptied by ``_collect``) start at 0."""
         if self.watchdog.overflow:  # the last call's stdout is sealed: a new memfd
             self._fresh_stdio(1)
-        for fd in (0, 1, 2):
-            os.ftruncate(fd, 0)
+        os.pwrite(0, stdin, 0)
+        os.ftruncate(0, len(stdin))
+        for fd in (0, 1, 2):  # the last guest may have left them anywhere (fd_seek)
             os.lseek(fd, 0, os.SEEK_SET)
-        if stdin:
-            os.write(0, stdin)
-            os.lseek(0, 0, os.SEEK_SET)
 
     @staticmethod
     def _collect(reply: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """The reply with stdout (on success only) and the end of stderr, concatenated."""
-        stdout = pread_all(1, os.fstat(1).st_size, 0) if reply["status"] == "ok" else b""
+        """The reply with stdout (on success only) and the end of stderr, concatenated;
+        both files are left empty for the next call."""
+        size = os.fstat(1).st_size
+        stdout = pread_all(1, size, 0) if reply["status"] == "ok" else b""
+        if size:
+            os.ftruncate(1, 0)
         size = os.fstat(2).st_size
         keep = min(size, STDERR_KEEP)
-        stderr = pread_all(2, keep, size - keep).lstrip(b"\0")
+        stderr = pread_all(2, keep, size - keep).lstrip(b"\0") if size else b""
+        if size:
+            os.ftruncate(2, 0)
         reply["stdout_len"] = len(stdout)
         return reply, stdout + stderr
 
