@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 
 import pytest
@@ -94,3 +95,65 @@ def test_incomplete_statement_is_returned_to_fail_on_execution() -> None:
 
 def test_crlf_line_endings() -> None:
     assert split_statements("SELECT 1;\r\nSELECT 2;\r\n") == ["SELECT 1;", "SELECT 2;"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "/**/BEGIN;",
+        "/* hidden */ ATTACH DATABASE 'x.db' AS x;",
+        "-- comment\n/**/SAVEPOINT s;",
+        "/**/ /* twice */ COMMIT;",
+    ],
+)
+def test_comment_prefixed_statements_are_kept_for_the_engine_to_judge(statement: str) -> None:
+    assert split_statements(f"CREATE TABLE t (x);\n{statement}\nSELECT 1;") == [
+        "CREATE TABLE t (x);",
+        statement,
+        "SELECT 1;",
+    ]
+
+
+def test_quoted_identifiers_and_brackets_do_not_split() -> None:
+    script = 'CREATE TABLE "a;b" ([c;d] TEXT, `e;f` TEXT);\nSELECT 1;'
+    assert split_statements(script) == ['CREATE TABLE "a;b" ([c;d] TEXT, `e;f` TEXT);', "SELECT 1;"]
+
+
+def test_an_unterminated_block_comment_runs_to_the_end() -> None:
+    assert split_statements("SELECT 1;\n/* SELECT 2; SELECT 3;") == ["SELECT 1;"]
+
+
+def test_a_megabyte_of_semicolons_in_one_literal_is_one_statement() -> None:
+    """Asking sqlite3.complete_statement about each ';' took minutes on this."""
+    literal = "'" + ";" * 1_000_000 + "'"
+    assert split_statements(f"INSERT INTO t VALUES ({literal});") == [
+        f"INSERT INTO t VALUES ({literal});"
+    ]
+
+
+def _reference_split(script: str) -> list[str]:
+    """Cut at the first ';' that makes sqlite3.complete_statement true, again and again."""
+    pieces, rest = [], script
+    position = rest.find(";")
+    while position != -1:
+        if sqlite3.complete_statement(rest[: position + 1]):
+            pieces.append(rest[: position + 1].strip())
+            rest = rest[position + 1 :]
+            position = rest.find(";")
+        else:
+            position = rest.find(";", position + 1)
+    pieces.append(rest.strip())
+    return [piece for piece in pieces if split_statements(piece)]
+
+
+def test_statements_end_exactly_where_sqlite_says_they_are_complete() -> None:
+    vocabulary = [
+        ";", " ", "\n", "CREATE", "create", "TRIGGER", "TEMP", "temporary", "END", "end",
+        "BEGIN", "EXPLAIN", "x", "'a;b'", "'", '"q;"', "`b;`", "[a;]", "/* ; */", "/*",
+        "*/", "-- c;\n", "--", "(", "1", "$v", "é", "endx", ";;",
+    ]  # fmt: skip
+    rng = random.Random(8)
+    for _ in range(3000):
+        words = [rng.choice(vocabulary) for _ in range(rng.randint(1, 25))]
+        script = (" " if rng.random() < 0.5 else "").join(words)
+        assert split_statements(script) == _reference_split(script), script
