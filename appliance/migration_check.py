@@ -23,6 +23,7 @@ import math
 import os
 import signal
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,12 @@ from edgesync.errors import InvalidMigration
 log = logging.getLogger(__name__)
 
 _MEMORY_HINTS = ("memoryerror", "out of memory", "memory allocation", "cannot allocate")
+# Checks running at once in one server; more wait their turn. Bounds what the
+# children can take together: this many times the memory limit.
+CONCURRENT_CHECKS = 2
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,19 @@ class CheckLimits:
 async def check_chain(chain: Sequence[tuple[int, str]], limits: CheckLimits) -> None:
     """Raise :class:`InvalidMigration` unless every (version, sql) of ``chain``
     applies in order within the migration rules and ``limits``."""
+    async with _check_slots():
+        await _check_in_child(chain, limits)
+
+
+def _check_slots() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(CONCURRENT_CHECKS)
+    return slots
+
+
+async def _check_in_child(chain: Sequence[tuple[int, str]], limits: CheckLimits) -> None:
     payload = json.dumps({"chain": [list(item) for item in chain]}).encode()
     cpu_seconds = math.ceil(limits.timeout_seconds) + 1  # a backstop: the parent kills first
     child = await asyncio.create_subprocess_exec(

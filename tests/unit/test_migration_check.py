@@ -208,3 +208,21 @@ def test_a_child_that_dies_is_explained(returncode: int, stderr: bytes, reason: 
     with pytest.raises(InvalidMigration) as caught:
         migration_check._judge(returncode, b"", stderr, CheckLimits())
     assert caught.value.details["reason"] == reason
+
+
+async def test_at_most_a_few_checks_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    children: list[Any] = []
+    most = 0
+    spawn = asyncio.create_subprocess_exec
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal most
+        children.append(await spawn(*args, **kwargs))
+        most = max(most, sum(child.returncode is None for child in children))
+        return children[-1]
+
+    monkeypatch.setattr(migration_check.asyncio, "create_subprocess_exec", counting)
+    checks = [check_chain([(1, ENDLESS)], CheckLimits(timeout_seconds=1.0)) for _ in range(4)]
+    outcomes = await asyncio.gather(*checks, return_exceptions=True)
+    assert all(isinstance(outcome, InvalidMigration) for outcome in outcomes)
+    assert len(children) == 4 and most == migration_check.CONCURRENT_CHECKS
