@@ -75,8 +75,10 @@ def _no_constants(name: str) -> float:
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Parse a JSON object body under the rules of :func:`read_json`."""
     try:
-        body = json.loads(raw, parse_int=_int64, parse_float=_finite, parse_constant=_no_constants)
-        if b"\\u" in raw:  # only escapes can smuggle in a lone surrogate
+        # UTF-8 strictly (a BOM aside): json.loads would decode "surrogatepass".
+        text = raw.decode("utf-8-sig")
+        body = json.loads(text, parse_int=_int64, parse_float=_finite, parse_constant=_no_constants)
+        if "\\u" in text:  # an escape is the other way to a lone surrogate
             json.dumps(body, ensure_ascii=False).encode()
     except _RefusedValue as exc:
         raise InvalidJSON(f"request body is not acceptable JSON: {exc}") from exc

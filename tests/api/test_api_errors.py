@@ -256,6 +256,7 @@ def json_routes(node_id: str) -> list[tuple[str, dict[str, str] | None]]:
         b"[" * 100_000 + b"]" * 100_000,  # RecursionError inside json
         b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
         b'{"region": "\\ud800"}',  # a lone surrogate: once a 503 from the store
+        b'{"region": "\xed\xa0\x80"}',  # the same surrogate, UTF-8-encoded: also a 503
         b'{"name": "x\\udfff", "enrollment_token": "est_a.b"}',
         b'{"version": 1, "up_sql": "\\ud83d"}',
         b'{"ttl_seconds": NaN}',
