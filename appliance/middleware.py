@@ -100,10 +100,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 def _dependency_errors(exc: Exception, request: web.Request) -> EdgesyncError | None:
     """Unreachable backends: 503, retryable; the store logged the reason already."""
     if isinstance(exc, DatabaseUnavailable):
-        error_log.warning("database unavailable during %s %s", request.method, request.path)
+        error_log.warning(
+            "database unavailable during %s %s", request.method, request.rel_url.raw_path
+        )
         return ServiceUnavailable("the database is unavailable; retry later")
     if isinstance(exc, ArtifactStoreUnavailable):
-        error_log.warning("artifact store unavailable during %s %s", request.method, request.path)
+        error_log.warning(
+            "artifact store unavailable during %s %s", request.method, request.raw_path
+        )
         return ServiceUnavailable("the artifact store is unavailable; retry later")
     return None
 

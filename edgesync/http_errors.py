@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadStatusLine,
@@ -31,6 +30,7 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     TransferEncodingError,
 )
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
 from edgesync.errors import (
@@ -129,7 +129,7 @@ def error_middleware(log: logging.Logger, translate: Translate | None = None) ->
                 return envelope_response(error)
             error = protocol_error(exc)
             if error is None:
-                log.exception("unhandled error in %s %s", request.method, request.path)
+                log.exception("unhandled error in %s %s", request.method, request.rel_url.raw_path)
                 return envelope_response(InternalError("internal server error"))
             # The body could not be read: the rest of it cannot be skipped reliably,
             # so this connection ends with this answer.

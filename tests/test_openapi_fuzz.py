@@ -110,7 +110,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, wasm: Any) -> Iterator[Serv
         boundary = "fuzzboundary"
         form = (
             b"".join(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode()
+                f"--{boundary}\r\nContent-Disposition: form-data; "
+                f'name="{name}"{extra}\r\n\r\n'.encode()
                 + value
                 + b"\r\n"
                 for name, value, extra in (

@@ -26,11 +26,11 @@ def principal(request: web.Request) -> Principal:
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The request's JSON object body, or a 400/415 envelope.
 
-    Strict where Python's ``json`` is lenient, so that nothing downstream meets
-    a value no store or client can hold: integers must fit in 64 bits, the
-    non-JSON constants ``NaN``/``Infinity`` and numbers beyond a float are refused, strings must be valid
-    Unicode (no lone surrogates from ``\\ud800`` escapes), and nesting too deep
-    to parse is a 400, not a ``RecursionError``.
+    Strict where Python's ``json`` is lenient, so that nothing downstream meets a
+    value no store or client can hold: strict UTF-8; integers must fit in 64 bits;
+    ``NaN``, ``Infinity`` and numbers beyond a double are refused; no lone
+    surrogates (``\\ud800``); nesting too deep to parse is a 400, not a
+    ``RecursionError``.
     """
     raw = await request.read()
     if not raw.strip():
