@@ -118,7 +118,7 @@ def _check_program(connection: Any, statement: str, index: int) -> None:
     for row in connection.execute(f"EXPLAIN {statement}").fetchall():
         opcode, p4 = str(row[1]), str(row[5])
         rule = _FORBIDDEN_OPCODES.get(opcode)
-        if rule is None and opcode in ("Function", "PureFunc"):
+        if rule is None and opcode.startswith(("Function", "PureFunc")):  # also *0 (older)
             rule = _FORBIDDEN_CALLS.get(p4.split("(", 1)[0].lower())
         if rule is not None:
             raise ScriptFailed(

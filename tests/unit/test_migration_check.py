@@ -64,6 +64,32 @@ def test_multi_statement_migration_with_trigger_and_strings() -> None:
     )
 
 
+def test_ordinary_schema_work_passes_on_both_engines() -> None:
+    check(
+        [
+            "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, old TEXT);",
+            "CREATE VIRTUAL TABLE notes USING fts5(body);\n"
+            "CREATE VIEW named AS SELECT id, name FROM users WHERE name IS NOT NULL;",
+        ],
+        """
+        ALTER TABLE users RENAME COLUMN name TO full_name;
+        ALTER TABLE users DROP COLUMN old;
+        ALTER TABLE users ADD COLUMN email TEXT;
+        CREATE UNIQUE INDEX users_email ON users (email);
+        CREATE TRIGGER users_note AFTER INSERT ON users BEGIN
+            INSERT INTO notes (body) VALUES ('new user; ' || NEW.full_name);
+        END;
+        INSERT INTO users (full_name, email) VALUES ('a', 'a@x') ON CONFLICT DO NOTHING;
+        WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n LIMIT 10)
+            INSERT INTO users (full_name) SELECT 'user ' || x FROM n;
+        SELECT * FROM notes WHERE notes MATCH 'user';
+        SELECT * FROM pragma_table_info('users');
+        ANALYZE;
+        ALTER TABLE users RENAME TO people;
+        """,
+    )
+
+
 def test_syntax_error_is_refused_with_sql_error() -> None:
     error = failure([], "CREATE TABLE t (x INTEGER);\nCREAT TABLE u (y INTEGER);")
     assert error.details["sql_error"] and error.details["reason"] == "sql_error"
