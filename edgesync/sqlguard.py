@@ -39,6 +39,7 @@ RESERVED_PREFIX = "_edgesync_"
 READ_ONLY_PRAGMAS = frozenset(
     {
         "data_version",
+        "foreign_key_check",
         "foreign_key_list",
         "index_info",
         "index_list",

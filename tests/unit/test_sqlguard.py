@@ -111,6 +111,7 @@ def test_a_trigger_body_is_judged_when_it_would_run(
         "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n LIMIT 5) SELECT * FROM n",
         "SELECT * FROM pragma_table_info('kv')",
         "PRAGMA index_list(kv)",
+        "PRAGMA foreign_key_check",
         "ANALYZE",
         "DROP TABLE kv",
     ],
