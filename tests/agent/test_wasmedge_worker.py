@@ -71,11 +71,11 @@ async def _start_endless(runtime: WasmEdgeRuntime) -> tuple[asyncio.Future[Invoc
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not reaped yet, is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
 
 
 async def test_a_worker_killed_mid_call_fails_that_call_only(
@@ -98,6 +98,18 @@ async def test_a_worker_killed_mid_call_fails_that_call_only(
     )
     assert [r.stdout for r in results] == [b"%d" % i for i in range(4)]
     assert len(runtime.worker_pids()) <= 2
+
+
+async def test_a_worker_that_died_idle_costs_no_call(
+    runtime: WasmEdgeRuntime, data_dir: Path
+) -> None:
+    deploy(runtime, data_dir, echo=ECHO)
+    assert (await runtime.invoke("echo", b"first", {}, LIMITS)).stdout == b"first"
+    [idle] = runtime.worker_pids()
+    os.kill(idle, signal.SIGKILL)  # e.g. the OOM killer, between two calls
+    await _until(lambda: not _alive(idle))
+    assert (await runtime.invoke("echo", b"second", {}, LIMITS)).stdout == b"second"
+    assert idle not in runtime.worker_pids()
 
 
 async def test_endless_recursion_in_aot_code(runtime: WasmEdgeRuntime, data_dir: Path) -> None:

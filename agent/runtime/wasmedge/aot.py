@@ -17,6 +17,8 @@ from pathlib import Path
 from agent.runtime.base import ModuleRejected, compile_output
 from agent.runtime.wasmedge.pool import CompilePool
 
+#: A module whose compilation takes longer is refused (its worker is killed).
+COMPILE_TIMEOUT_SECONDS = 600.0
 _SAFE_VERSION = re.compile(r"[^0-9A-Za-z.+_-]")
 
 
@@ -35,7 +37,13 @@ class AotCache:
         if target.exists():
             return target
         with compile_output(target) as partial:
-            reply = self._compilers.call({"op": "compile", "src": str(source), "dst": str(partial)})
+            request = {"op": "compile", "src": str(source), "dst": str(partial)}
+            try:
+                reply = self._compilers.call(request, COMPILE_TIMEOUT_SECONDS)
+            except TimeoutError as exc:
+                raise ModuleRejected(
+                    f"AOT compilation of {sha256[:12]} took over {COMPILE_TIMEOUT_SECONDS:g} s"
+                ) from exc
             if reply.get("status") != "ok" or partial.stat().st_size == 0:
                 raise ModuleRejected(
                     f"WasmEdge cannot compile module {sha256[:12]}",

@@ -159,10 +159,13 @@ class WorkerPool:
             self.close()
             self._loop = loop
         while True:
-            if self._idle:
+            while self._idle:
                 worker = self._idle.pop()
-                self._busy.add(worker)
-                return worker
+                if worker.process.poll() is None:
+                    self._busy.add(worker)
+                    return worker
+                self._dead.append(worker.process)  # died idle (OOM killer, kill): not a call's
+                worker.kill()
             if len(self._busy) + self._starting < self._size:
                 return await self._start()
             waiter = loop.create_future()
@@ -252,7 +255,9 @@ class _SyncWorker:
         self.channel.settimeout(None)
         self.version: str = hello[0]["version"]
 
-    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+    def call(self, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """One request; ``TimeoutError`` (the worker is then closed) past ``timeout``."""
+        self.channel.settimeout(timeout)
         self.channel.sendall(encode(message))
         frame = read_frame(self.channel)
         if frame is None:
@@ -288,10 +293,10 @@ class CompilePool:
             self._schedule_reap()
         return worker.version
 
-    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+    def call(self, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         worker = self._acquire()
         try:
-            reply = worker.call(message)
+            reply = worker.call(message, timeout)
         except BaseException:
             with self._cond:
                 self._count -= 1
