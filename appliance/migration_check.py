@@ -135,7 +135,7 @@ def _parse(out: bytes) -> dict[str, Any] | None:
 def _child_environment() -> dict[str, str]:
     """Only what the interpreter needs: the server's environment holds its admin
     token, database URL and S3 keys, none of which the child has any use for."""
-    return {
+    environment = {
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "PATH": os.environ.get("PATH", os.defpath),
         "LANG": "C.UTF-8",
@@ -143,6 +143,11 @@ def _child_environment() -> dict[str, str]:
         # reserve 64 MiB of it each.
         "MALLOC_ARENA_MAX": "2",
     }
+    # What a relocated interpreter may need to start at all.
+    for name in ("PYTHONHOME", "LD_LIBRARY_PATH"):
+        if name in os.environ:
+            environment[name] = os.environ[name]
+    return environment
 
 
 def _last_line(text: str) -> str:
