@@ -30,8 +30,15 @@ from test_runtimes import (
     wasm_of,
 )
 
-from agent.runtime.base import FunctionFailed, Invocation, Limits, ModuleRejected, compiled_dir
-from agent.runtime.wasmedge.runtime import WasmEdgeRuntime
+from agent.runtime.base import (
+    FunctionFailed,
+    Invocation,
+    Limits,
+    ModuleRejected,
+    RuntimeUnavailable,
+    compiled_dir,
+)
+from agent.runtime.wasmedge.runtime import WasmEdgeRuntime, default_workers
 from edgesync.protocol import FunctionRef
 
 LIMITS = Limits(timeout_seconds=0.5, memory_bytes=4 * 1024 * 1024)
@@ -182,7 +189,7 @@ import asyncio, hashlib, sys
 from pathlib import Path
 from agent.runtime.base import Limits, module_path
 from agent.runtime.wasmedge.discovery import find_installation
-from agent.runtime.wasmedge.runtime import WasmEdgeRuntime
+from agent.runtime.wasmedge.runtime import WasmEdgeRuntime, default_workers
 from edgesync.protocol import FunctionRef
 
 data_dir, wasm = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes()
@@ -219,3 +226,14 @@ def test_guests_never_write_to_the_agents_stdio(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout == b"agent stdout\n"
     assert done.stderr == b"failed: FUNCTION_TRAP\n" * 3  # no guest output, no WasmEdge log
+
+
+def test_the_pool_size_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESYNC_WASMEDGE_WORKERS", "3")
+    assert default_workers() == 3
+    for bad in ("0", "-1", "many"):
+        monkeypatch.setenv("EDGESYNC_WASMEDGE_WORKERS", bad)
+        with pytest.raises(RuntimeUnavailable):
+            default_workers()
+    monkeypatch.delenv("EDGESYNC_WASMEDGE_WORKERS")
+    assert default_workers() == max(2, os.cpu_count() or 1)

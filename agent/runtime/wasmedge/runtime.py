@@ -52,7 +52,16 @@ class _Prepared:
     min_pages: int  # 0 when unknown (compiled file reused without its source)
 
 
+#: Overrides the number of worker processes (default: one per core, at least two).
+WORKERS_ENV = "EDGESYNC_WASMEDGE_WORKERS"
+
+
 def default_workers() -> int:
+    configured = os.environ.get(WORKERS_ENV, "").strip()
+    if configured:
+        if not configured.isdigit() or int(configured) < 1:
+            raise RuntimeUnavailable(f"{WORKERS_ENV}={configured!r} is not a positive number")
+        return int(configured)
     return max(2, os.cpu_count() or 1)
 
 
