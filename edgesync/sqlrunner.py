@@ -201,9 +201,9 @@ def dry_run(
     try:
         connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         connection.execute("PRAGMA temp_store = MEMORY")  # no temp files: sorts count as memory
+        connection.execute("BEGIN")  # one transaction for the copy and the migrations
         _copy_schema(connection, schema)
         rules = MigrationRules(deadline_seconds)
-        connection.execute("BEGIN")
         with rules.installed(connection):
             run_chain(connection, migrations, rules=rules)
         connection.rollback()
