@@ -1,11 +1,11 @@
 """What a module declares, read from its binary before any runtime sees it.
 
 Both runtimes refuse, at deploy, a module that is not a WASI command (no exported
-``_start`` function) or whose memories *declare* a minimum above the agent's memory
-limit: WasmEdge silently shrinks such a memory to the limit and runs the module
-anyway (NOTES.md), so the runtime cannot be trusted to refuse it. Only the section
-framing, the import, memory and export sections are read; the runtimes' own
-validators check the rest.
+``_start`` function), that imports anything but WASI preview 1's functions (WasmEdge
+would link its own socket extensions), or whose memories *declare* a minimum above
+the agent's memory limit (WasmEdge 0.14 silently shrinks such a memory to the limit
+and runs the module anyway). Only the section framing and the import, memory and
+export sections are read; the runtimes' own validators check the rest.
 """
 
 from __future__ import annotations
@@ -21,11 +21,29 @@ _IMPORT, _MEMORY, _EXPORT = 2, 5, 7
 _FUNC_KIND, _TABLE_KIND, _MEMORY_KIND, _GLOBAL_KIND, _TAG_KIND = 0, 1, 2, 3, 4
 
 
+#: WASI preview 1, the whole of it: what a function may import. WasmEdge also offers
+#: its own socket functions (``sock_open``, ``sock_connect``, ...) under this module
+#: name, which would let a function open network connections: never linked here.
+WASI_MODULE = "wasi_snapshot_preview1"
+WASI_PREVIEW1 = frozenset(
+    """args_get args_sizes_get environ_get environ_sizes_get clock_res_get clock_time_get
+    fd_advise fd_allocate fd_close fd_datasync fd_fdstat_get fd_fdstat_set_flags
+    fd_fdstat_set_rights fd_filestat_get fd_filestat_set_size fd_filestat_set_times
+    fd_pread fd_prestat_get fd_prestat_dir_name fd_pwrite fd_read fd_readdir fd_renumber
+    fd_seek fd_sync fd_tell fd_write path_create_directory path_filestat_get
+    path_filestat_set_times path_link path_open path_readlink path_remove_directory
+    path_rename path_symlink path_unlink_file poll_oneoff proc_exit proc_raise sched_yield
+    random_get sock_accept sock_recv sock_send sock_shutdown""".split()
+)
+
+
 @dataclass(frozen=True)
 class ModuleInfo:
     has_start: bool
     #: The largest minimum any memory (defined or imported) declares, in 64 KiB pages.
     min_pages: int
+    #: ``(module, name, kind)`` of every import.
+    imports: tuple[tuple[str, str, int], ...] = ()
 
 
 class _Reader:
@@ -64,12 +82,14 @@ class _Reader:
         return minimum
 
 
-def _import_memory_mins(reader: _Reader) -> list[int]:
-    mins = []
+def _imports(reader: _Reader, mins: list[int]) -> list[tuple[str, str, int]]:
+    """``(module, name, kind)`` of each import; imported memories' minimums go to ``mins``."""
+    found = []
     for _ in range(reader.uleb()):
-        reader.name()
-        reader.name()
+        module = reader.name().decode("utf-8", "replace")
+        name = reader.name().decode("utf-8", "replace")
         kind = reader.byte()
+        found.append((module, name, kind))
         if kind == _FUNC_KIND:
             reader.uleb()
         elif kind == _TABLE_KIND:
@@ -85,7 +105,7 @@ def _import_memory_mins(reader: _Reader) -> list[int]:
             reader.uleb()
         else:
             raise ModuleRejected("malformed WebAssembly module (import kind)")
-    return mins
+    return found
 
 
 def inspect_module(wasm: bytes) -> ModuleInfo:
@@ -94,7 +114,7 @@ def inspect_module(wasm: bytes) -> ModuleInfo:
         raise ModuleRejected("not a WebAssembly module (no \\0asm header)")
     if wasm[4:8] != b"\x01\0\0\0":
         raise ModuleRejected("not a WebAssembly core module, version 1 (a component?)")
-    pos, has_start, mins = 8, False, [0]
+    pos, has_start, mins, imports = 8, False, [0], []
     while pos < len(wasm):
         header = _Reader(wasm, pos, len(wasm))
         section = header.byte()
@@ -104,7 +124,7 @@ def inspect_module(wasm: bytes) -> ModuleInfo:
             raise ModuleRejected("malformed WebAssembly module (section past the end)")
         body = _Reader(wasm, header.pos, end)
         if section == _IMPORT:
-            mins += _import_memory_mins(body)
+            imports += _imports(body, mins)
         elif section == _MEMORY:
             mins += [body.limits_min() for _ in range(body.uleb())]
         elif section == _EXPORT:
@@ -113,7 +133,7 @@ def inspect_module(wasm: bytes) -> ModuleInfo:
                 body.uleb()
                 has_start = has_start or (name == b"_start" and kind == _FUNC_KIND)
         pos = end
-    return ModuleInfo(has_start=has_start, min_pages=max(mins))
+    return ModuleInfo(has_start=has_start, min_pages=max(mins), imports=tuple(imports))
 
 
 def check_deployable(wasm: bytes, memory_limit_bytes: int) -> ModuleInfo:
@@ -121,6 +141,16 @@ def check_deployable(wasm: bytes, memory_limit_bytes: int) -> ModuleInfo:
     info = inspect_module(wasm)
     if not info.has_start:
         raise ModuleRejected("module exports no _start function: not a WASI command")
+    foreign = [
+        f"{module}.{name}"
+        for module, name, kind in info.imports
+        if module != WASI_MODULE or name not in WASI_PREVIEW1 or kind != _FUNC_KIND
+    ]
+    if foreign:
+        raise ModuleRejected(
+            "module imports what WASI preview 1 does not provide",
+            details={"imports": foreign[:20]},
+        )
     if info.min_pages * WASM_PAGE > memory_limit_bytes:
         raise ModuleRejected(
             f"module declares {info.min_pages} pages of memory, more than the limit of "
