@@ -204,9 +204,7 @@ def _apply_migration(connection: Any, migration: ApplySchema, sync_id: str | Non
 
 
 def _migration_failed(failure: ScriptFailed) -> MigrationFailed:
-    return MigrationFailed(
-        f"migration {failure.version} failed: {failure.message}", details=failure.details
-    )
+    return MigrationFailed(failure.message, details=failure.details)
 
 
 def connect(path: Path, driver: str = "auto") -> Any:

@@ -59,7 +59,7 @@ WHY = {
     "VACUUM": f"VACUUM (it attaches a copy, or writes one elsewhere) {_OUTSIDE_THE_FILE}",
     "TRANSACTION": f"transaction control {_ENDS_THE_RELEASE}",
     "SAVEPOINT": f"a savepoint {_ENDS_THE_RELEASE}",
-    "PRAGMA": "PRAGMA changes the connection or the file",
+    "PRAGMA": "pragmas change the connection or the file",
     "FUNCTION": f"the function {_OUTSIDE_THE_FILE}",
     "TEMP": "temporary objects outlive the release outside the file",
     "RESERVED": f"{RESERVED_PREFIX}* objects are the agent's bookkeeping",

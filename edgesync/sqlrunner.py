@@ -54,12 +54,20 @@ class ScriptFailed(Exception):
         rule: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self.problem = message
         self.reason = reason
         self.sql_error = sql_error[:SQL_ERROR_LIMIT]
         self.statement_index = statement_index
         self.rule = rule
         self.version: int | None = None  # set by whoever knows which migration ran
+
+    @property
+    def message(self) -> str:
+        """What failed, naming the migration when it is known."""
+        return f"migration {self.version}: {self.problem}" if self.version else self.problem
+
+    def __str__(self) -> str:
+        return self.message
 
     @property
     def details(self) -> dict[str, Any]:
