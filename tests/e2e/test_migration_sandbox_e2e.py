@@ -116,5 +116,6 @@ def test_an_endless_check_never_freezes_the_server(serve: Any) -> None:
     assert answers and answers[0].status == 400, answers
     error = answers[0].json()["error"]
     assert error["code"] == "INVALID_MIGRATION" and error["details"]["reason"] == "timeout"
+    assert error["details"]["limit_seconds"] == 5.0  # EDGESYNC_MIGRATION_CHECK_TIMEOUT
     assert sandbox_children(server) == []  # killed at the limit, and reaped
     assert post_schema(server, 1, "CREATE TABLE fine (x);").status == 201
