@@ -106,10 +106,13 @@ def _judge(returncode: int | None, out: bytes, err: bytes, limits: CheckLimits) 
             details={"reason": "memory", "sql_error": "out of memory", "limit_mib": mib},
         )
     log.warning("migration check child exited %s: %s", returncode, _last_line(text))
-    raise InvalidMigration(
-        "the migration check crashed",
-        details={"reason": "crashed", "sql_error": f"checker exited with status {returncode}"},
-    )
+    if returncode is not None and returncode < 0:  # a signal: the SQL brought the engine down
+        raise InvalidMigration(
+            "the migration check crashed",
+            details={"reason": "crashed", "sql_error": f"checker killed by signal {-returncode}"},
+        )
+    # The child could not run at all (a broken install): the server's fault, not the SQL's.
+    raise RuntimeError(f"migration checker exited with status {returncode}")
 
 
 def _over_time(limits: CheckLimits) -> InvalidMigration:

@@ -228,13 +228,27 @@ def test_the_child_gets_no_secret_from_the_environment(monkeypatch: pytest.Monke
         (-signal.SIGABRT, b"memory allocation of 1048576 bytes failed\n", "memory"),
         (1, b"Traceback (most recent call last):\nMemoryError\n", "memory"),
         (-signal.SIGSEGV, b"", "crashed"),
-        (0, b"not json", "crashed"),
     ],
 )
 def test_a_child_that_dies_is_explained(returncode: int, stderr: bytes, reason: str) -> None:
     with pytest.raises(InvalidMigration) as caught:
         migration_check._judge(returncode, b"", stderr, CheckLimits())
     assert caught.value.details["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stdout", "stderr"),
+    [
+        (1, b"", b"ModuleNotFoundError: No module named 'appliance'\n"),
+        (0, b"not json", b""),
+    ],
+)
+def test_a_checker_that_cannot_run_is_the_servers_fault(
+    returncode: int, stdout: bytes, stderr: bytes
+) -> None:
+    """Not a 400 blaming the migration: an internal error (500, logged)."""
+    with pytest.raises(RuntimeError):
+        migration_check._judge(returncode, stdout, stderr, CheckLimits())
 
 
 async def test_at_most_a_few_checks_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
