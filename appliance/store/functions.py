@@ -46,7 +46,16 @@ class FunctionStore(StoreBase):
                 " WHERE name = ? AND version = ? AND status = 'uploading'",
                 (record.name, record.version),
             )
-            if held is not None and await _claim_is_over(tx, held, owner, live, now):
+            if held is not None:
+                if not await _claim_is_over(tx, held, owner, live, now):
+                    raise FunctionExists(
+                        f"function {record.name} {record.version} is being uploaded right now",
+                        details={
+                            "name": record.name,
+                            "version": record.version,
+                            "upload_in_progress": True,
+                        },
+                    )
                 await tx.execute(
                     "DELETE FROM functions WHERE id = ? AND status = 'uploading'", (held["id"],)
                 )

@@ -43,16 +43,18 @@ async def test_a_second_upload_while_the_first_is_storing_still_loses(
     api: Api, wasm, monkeypatch: Any
 ) -> None:
     store_put = api.services.artifacts.put
-    answers: list[int] = []
+    answers: list[dict[str, Any]] = []
 
     async def put_then_race(key: str, path: Path) -> None:
         # The first upload holds its claim: a concurrent one of the same version loses.
-        answers.append((await api.upload("hello", "1.0", wasm.module(2))).status)
+        response = await api.upload("hello", "1.0", wasm.module(2))
+        answers.append(await expect_error(response, 409, "FUNCTION_EXISTS"))
         await store_put(key, path)
 
     monkeypatch.setattr(api.services.artifacts, "put", put_then_race)
     await api.upload_ok("hello", "1.0", wasm.module(1))
-    assert answers == [409]
+    [lost] = answers
+    assert lost["details"]["upload_in_progress"] is True
 
 
 async def test_staging_left_by_dead_servers_is_removed_at_start(
