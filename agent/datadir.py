@@ -30,12 +30,17 @@ class DataDirBusy(EdgesyncError):
 
 
 def prepare(data_dir: Path) -> None:
-    """Create ``data_dir`` (0700) and ``edge.db`` (0600); narrow wider modes found inside."""
+    """Create ``data_dir`` (0700); narrow wider modes found inside."""
     make_private_dir(data_dir)
+    narrow_modes(data_dir)
+
+
+def create_database(data_dir: Path) -> Path:
+    """``edge.db``, created empty at 0600 (an empty file is an empty SQLite database)."""
     database = data_dir / EDGE_DB
     with contextlib.suppress(FileExistsError):
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
-    narrow_modes(data_dir)
+    return database
 
 
 def make_private_dir(path: Path) -> None:

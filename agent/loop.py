@@ -115,7 +115,7 @@ class Agent:
 
     async def open(self) -> None:
         """Enroll (first start) or load credentials; open the database; serve the current state."""
-        datadir.prepare(self.data_dir)  # 0700, edge.db 0600 before SQLite opens it
+        datadir.prepare(self.data_dir)  # 0700, and nothing wider inside
         self.credentials = Credentials.load(self.data_dir)
         self.api = ControlPlane(
             self.credentials.server if self.credentials else self.config.server,
@@ -125,7 +125,9 @@ class Agent:
         if self.credentials is None:
             self.credentials = await self._enroll()
         self.api.server = self.config.server.rstrip("/")
-        self.database = await asyncio.to_thread(EdgeDatabase, self.data_dir / "edge.db")
+        # Created 0600 before SQLite opens it (its -wal and -shm take the same mode).
+        database = datadir.create_database(self.data_dir)
+        self.database = await asyncio.to_thread(EdgeDatabase, database)
         self.reconciler = Reconciler(
             self.data_dir,
             self.database,

@@ -14,10 +14,20 @@ from agent.runtime.base import FunctionNotDeployed, Limits, module_path
 from edgesync.errors import EdgesyncError
 
 
-def read_status(data_dir: Path) -> dict[str, Any]:
+def enrolled(data_dir: Path) -> Credentials:
+    """The node's credentials; a clear error for a dir no agent has enrolled."""
     credentials = Credentials.load(data_dir)
-    if credentials is None:
-        raise EdgesyncError(f"{data_dir} holds no enrolled node", code="NOT_ENROLLED")
+    if credentials is None or not (data_dir / "edge.db").is_file():
+        raise EdgesyncError(
+            f"{data_dir} holds no enrolled node (run edgesync agent --data-dir {data_dir}"
+            " --enrollment-token ... first)",
+            code="NOT_ENROLLED",
+        )
+    return credentials
+
+
+def read_status(data_dir: Path) -> dict[str, Any]:
+    credentials = enrolled(data_dir)
     state = read_state_readonly(data_dir / "edge.db")
     status: dict[str, Any] = {
         "node_id": credentials.node_id,
@@ -40,6 +50,7 @@ def invoke_local(
     """Run the function the node's committed state names, in this process."""
     from agent.runtime import open_runtime
 
+    enrolled(data_dir)
     state = read_state_readonly(data_dir / "edge.db")
     table = {ref.name: ref for ref in state.functions}
     ref = table.get(name)

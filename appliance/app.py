@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from appliance.store.db import open_database
 from appliance.store.store import Store
 from appliance.sync_service import SyncService
 from appliance.upload_claims import UploadClaims
+from edgesync.errors import EdgesyncError
 
 log = logging.getLogger("edgesync.serve")
 
@@ -49,20 +51,33 @@ def make_app(config: ServeConfig) -> web.Application:
 
 
 async def _data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Create the data dir and hold its lock: one serve process per embedded store."""
+    """Create the data dir (0700) and hold its lock: one serve process per embedded store.
+
+    First of every resource, so a second server on the same dir fails before it
+    writes anything. The dir holds the admin token and the database with both
+    signing keys: it is its owner's alone, whatever the umask, also when an older
+    version or a hand made it wider.
+    """
     config = app[CONFIG]
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(config.data_dir.stat().st_mode) & 0o077:
+        try:
+            config.data_dir.chmod(0o700)
+        except PermissionError:
+            log.warning("%s is readable by other users and not ours to change", config.data_dir)
     embedded = config.database_url is None or config.database_url.startswith("sqlite:")
     handle = None
     if embedded:
-        handle = open(config.data_dir / ".serve.lock", "a+")
+        fd = os.open(config.data_dir / ".serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        handle = os.fdopen(fd, "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             handle.close()
-            raise RuntimeError(
+            raise EdgesyncError(
                 f"another edgesync serve is using {config.data_dir}; "
-                "the embedded SQLite store allows one server per data dir"
+                "the embedded SQLite store allows one server per data dir",
+                code="DATA_DIR_LOCKED",
             ) from exc
     try:
         yield

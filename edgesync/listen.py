@@ -1,9 +1,13 @@
-"""Listening sockets bound before anything else happens.
+"""Ports claimed before anything else happens.
 
-``edgesync serve`` and ``edgesync agent`` bind their ports first and hand the
-sockets to aiohttp (``web.SockSite``): a port that is taken then fails the start
-before a data dir, a token, a database or an enrolment exists. Binding is what
-aiohttp's ``TCPSite`` would do: every address the host name resolves to.
+``edgesync serve`` and ``edgesync agent`` claim their ports first: a port that is
+taken then fails the start before a data dir, a token, a database or an enrolment
+exists. :func:`bind_tcp` gives listening sockets to hand to aiohttp
+(``web.SockSite``); :func:`reserve_tcp` binds without listening, for a server that
+binds its own sockets later (aiohttp's ``TCPSite``, amqtt): both sides set
+``SO_REUSEADDR`` and the reservation never listens, so Linux lets that server bind
+and listen on the reserved port while it keeps everyone else off it. Both cover
+every address the host name resolves to, as ``TCPSite`` does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ class AddressUnavailable(EdgesyncError):
 
 def bind_tcp(host: str | None, port: int, what: str = "listen") -> list[socket.socket]:
     """Listening sockets on every address of ``host`` (all interfaces when empty)."""
+    return _bind(host, port, what, listen=True)
+
+
+def reserve_tcp(host: str | None, port: int, what: str = "listen") -> list[socket.socket]:
+    """Bound, not listening: ``host:port`` is known free and kept so until closed."""
+    return _bind(host, port, what, listen=False)
+
+
+def _bind(host: str | None, port: int, what: str, *, listen: bool) -> list[socket.socket]:
     shown = f"{host or '*'}:{port}"
     try:
         infos = socket.getaddrinfo(
@@ -41,7 +54,7 @@ def bind_tcp(host: str | None, port: int, what: str = "listen") -> list[socket.s
             seen.add((family, *address[:2]))
             if port == 0 and sockets:
                 break  # an ephemeral port is one port: its first address only
-            sockets.append(_listen(family, kind, proto, address))
+            sockets.append(_socket(family, kind, proto, address, listen))
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -49,7 +62,9 @@ def bind_tcp(host: str | None, port: int, what: str = "listen") -> list[socket.s
     return sockets
 
 
-def _listen(family: int, kind: int, proto: int, address: tuple[object, ...]) -> socket.socket:
+def _socket(
+    family: int, kind: int, proto: int, address: tuple[object, ...], listen: bool
+) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,8 +72,9 @@ def _listen(family: int, kind: int, proto: int, address: tuple[object, ...]) -> 
             with suppress(OSError):  # v4 gets its own socket, as aiohttp does
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
+        if listen:
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
     except BaseException:
         sock.close()
         raise

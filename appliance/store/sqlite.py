@@ -10,9 +10,11 @@ trust its in-process caches.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import aiosqlite
 
@@ -78,6 +80,7 @@ class SqliteDatabase(_SqliteConnection):
 
     @classmethod
     async def open(cls, path: str) -> SqliteDatabase:
+        _private_files(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         writer = await aiosqlite.connect(path, isolation_level=None)
         writer.row_factory = sqlite3.Row
@@ -154,3 +157,19 @@ class SqliteDatabase(_SqliteConnection):
                 await connection.close()
             except Exception:
                 pass
+
+
+def _private_files(path: str) -> None:
+    """The database (with both signing keys) and its -wal/-shm: 0600 whatever the umask.
+
+    SQLite creates -wal and -shm with the database file's mode, so creating that
+    file 0600 first covers them; existing files are narrowed too.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with suppress(FileNotFoundError):
+            if stat.S_IMODE(os.stat(name).st_mode) & 0o077:
+                os.chmod(name, 0o600)

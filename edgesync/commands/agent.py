@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -162,6 +163,7 @@ def invoke(data_dir: Path, name: str, runtime: str, timeout: float, memory_mb: i
     """Run deployed function NAME with stdin as its input; print its stdout."""
     from agent.status import invoke_local
 
+    os.umask(0o077)  # a module compiled here lands in the node's private data dir
     output = invoke_local(data_dir, name, sys.stdin.buffer.read(), runtime, timeout, memory_mb)
     sys.stdout.buffer.write(output)
     sys.stdout.buffer.flush()

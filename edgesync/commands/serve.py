@@ -213,6 +213,8 @@ def serve(
     )
     try:
         config.validate()
-        run(config)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    # Failures to start (a busy port, a locked data dir, a database) raise with their own
+    # code; edgesync.cli renders them as one line.
+    run(config)

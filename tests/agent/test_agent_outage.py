@@ -10,19 +10,26 @@ the same port and data dir.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from agent_support import (
+    AgentProcess,
     ControlPlane,
     FakeClock,
     State,
+    eventually,
     example,
     gateway_call,
     greeting,
     hello,
     local_gateway,
+    spawn_agent,
     sync_until,
 )
+
+from agent.backoff import retry_delay
 
 # The documented ceilings of the transient retry schedule (docs/agent.md).
 SCHEDULE = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
@@ -96,3 +103,80 @@ async def test_the_node_serves_through_an_outage_and_backs_off_on_schedule(
     last = json.loads(status_file.read_text())
     assert last["last_outcome"] == "unreachable"
     assert last["last_error"]["retryable"] is True
+
+
+class Recorder:
+    """An injected random source: answers the middle of the range, records each range."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return (a + b) / 2
+
+
+async def test_transient_retries_are_fully_jittered_under_the_schedule(
+    control_plane: ControlPlane, make_agent: Any
+) -> None:
+    """Full jitter: each delay is drawn from [0, the documented delay], never the delay
+    itself, so a fleet cut off together does not come back in lockstep."""
+    cp = control_plane
+    clock, dice = FakeClock(), Recorder()
+    agent = await make_agent("edge-1", clock=clock, rng=dice)
+    await agent.sync_once()
+    dice.ranges.clear()
+
+    async def script(count: int, seconds: float) -> None:
+        if count == len(SCHEDULE):
+            agent.stop()
+
+    await cp.stop()
+    clock.on_sleep = script
+    await agent.run()
+    assert dice.ranges == [(0.0, ceiling) for ceiling in SCHEDULE]
+    assert clock.sleeps == [ceiling / 2 for ceiling in SCHEDULE]
+    # The documented bounds (docs/agent.md) are the ceilings.
+    assert [retry_delay(n) for n in range(1, len(SCHEDULE) + 1)] == SCHEDULE
+
+
+AGENT_LINE = re.compile(r" (?P<level>[A-Z]+) edgesync\.agent (?P<message>.*)")
+
+
+def agent_lines(process: AgentProcess) -> list[tuple[str, str]]:
+    lines = (AGENT_LINE.search(line) for line in process.log().splitlines())
+    return [(match["level"], match["message"]) for match in lines if match]
+
+
+async def test_an_outage_is_logged_when_it_starts_and_when_it_ends(
+    control_plane: ControlPlane, tmp_path: Path, agent_processes: list[AgentProcess]
+) -> None:
+    """A real agent process, a control plane stopped and restarted: one WARNING when it
+    is lost, one INFO when it is back, and the retries between only at DEBUG."""
+    cp = control_plane
+    agent = await spawn_agent(cp, tmp_path / "edge", enrollment_token=await cp.enrollment_token())
+    agent_processes.append(agent)
+
+    def failed_tries() -> int:
+        return sum(message.startswith("sync try") for _, message in agent_lines(agent))
+
+    await eventually(
+        lambda: "unchanged" in (agent.data_dir / "agent-status.json").read_text(), "a first sync"
+    )
+    await cp.stop()
+    await eventually(lambda: failed_tries() >= 3, "three retries", diagnose=agent.log)
+    await cp.start()
+    await eventually(
+        lambda: any("reachable again" in message for _, message in agent_lines(agent)),
+        "the agent to find the control plane again",
+        diagnose=agent.log,
+    )
+    assert await agent.stop() == 0
+    lines = agent_lines(agent)
+    warnings = [message for level, message in lines if level in ("WARNING", "ERROR")]
+    assert len(warnings) == 1, agent.log()
+    assert warnings[0].startswith(f"lost the control plane: cannot reach {cp.url}: ")
+    assert "(UNREACHABLE)" in warnings[0] and "ssl:default" not in warnings[0]
+    back = [message for level, message in lines if level == "INFO" and "again" in message]
+    assert len(back) == 1, agent.log()
+    assert back[0].startswith(f"control plane {cp.url} reachable again after ")
