@@ -49,6 +49,12 @@ class ReadDeadlines:
     body_min_rate: int = 1024
     keepalive_seconds: float = 75.0
 
+    def __post_init__(self) -> None:
+        if min(self.header_seconds, self.body_seconds, self.keepalive_seconds) <= 0:
+            raise ValueError("read deadlines must be positive")
+        if self.body_min_rate < 1:
+            raise ValueError("the minimum body rate must be at least 1 byte a second")
+
 
 class EnvelopeRequestHandler(RequestHandler):
     """aiohttp's protocol handler, with envelope errors and read deadlines."""
