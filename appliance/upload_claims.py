@@ -79,15 +79,19 @@ class UploadClaims:
 
     async def start(self) -> None:
         self._lock_fd = await asyncio.to_thread(_make_locked_dir, self._root, self.instance_id)
-        dead = await asyncio.to_thread(sweep_staging, self._root, self.instance_id)
-        if not self._store.db.shared:
-            # The embedded store has one process at a time (the data-dir lock):
-            # every other instance it knows is gone.
-            dead |= set(await self._store.other_instances(self.instance_id))
-        released = await self._store.retire_instances(dead)
-        if released:
-            log.info("released %d upload claim(s) of stopped servers", released)
-        await self._renew()
+        try:
+            dead = await asyncio.to_thread(sweep_staging, self._root, self.instance_id)
+            if not self._store.db.shared:
+                # The embedded store has one process at a time (the data-dir lock):
+                # every other instance it knows is gone.
+                dead |= set(await self._store.other_instances(self.instance_id))
+            released = await self._store.retire_instances(dead)
+            if released:
+                log.info("released %d upload claim(s) of stopped servers", released)
+            await self._renew()
+        except BaseException:
+            await self._drop_staging_dir()
+            raise
         self._task = asyncio.create_task(self._keep_alive(), name="edgesync-upload-claims")
 
     async def close(self) -> None:
@@ -99,6 +103,9 @@ class UploadClaims:
             await self._store.retire_instances([self.instance_id])
         except Exception as exc:  # the lease runs out by itself
             log.warning("could not retire serve instance %s: %s", self.instance_id, exc)
+        await self._drop_staging_dir()
+
+    async def _drop_staging_dir(self) -> None:
         await asyncio.to_thread(shutil.rmtree, self.staging_dir, True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
