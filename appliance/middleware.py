@@ -2,8 +2,9 @@
 
 Order (outermost first): ``observe`` times and logs whatever comes back,
 ``render_errors`` (shared with the agent's gateway: ``edgesync.http_errors``)
-turns every exception into the error envelope, and ``authenticate`` sets the
-caller, by the access rule of the route the request matched.
+turns every exception into the error envelope, ``refuse_nul`` turns away a NUL
+in the path or query, and ``authenticate`` sets the caller, by the access rule of
+the route the request matched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from appliance.api.common import PRINCIPAL
 from appliance.artifacts import ArtifactStoreUnavailable
 from appliance.services import METRICS, SERVICES
 from appliance.store.db import DatabaseUnavailable
-from edgesync.errors import EdgesyncError, ServiceUnavailable
+from edgesync.errors import EdgesyncError, MalformedRequest, ServiceUnavailable
 from edgesync.http_errors import Handler, error_middleware
 
 access_log = logging.getLogger("edgesync.access")
@@ -116,6 +117,20 @@ render_errors = error_middleware(error_log, _dependency_errors)
 
 
 @web.middleware
+async def refuse_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A NUL in the decoded path or query (``%00``) is no id, name or cursor of ours,
+    and PostgreSQL cannot even compare text holding one: refused before any route."""
+    if "\x00" in request.path or any(
+        "\x00" in key or "\x00" in value for key, value in request.query.items()
+    ):
+        raise MalformedRequest(
+            "malformed request: NUL in the request target",
+            details={"reason": "NUL in the request target"},
+        )
+    return await handler(request)
+
+
+@web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = route_access(request)
     if access is None or access is Access.PUBLIC:
@@ -128,4 +143,4 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-MIDDLEWARES = [observe, render_errors, authenticate]
+MIDDLEWARES = [observe, render_errors, refuse_nul, authenticate]

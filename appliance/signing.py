@@ -27,7 +27,10 @@ class UrlSigner:
     def verify(self, function_id: str, expires: str | None, signature: str | None) -> None:
         """Raise :class:`UrlExpiredOrInvalid` for a tampered, partial or expired URL."""
         # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
-        if not expires or not signature or not (expires.isascii() and expires.isdigit()):
+        # At most 12 digits: a timestamp, not a number int() refuses (over 4300 digits).
+        if not expires or not signature or len(expires) > 12:
+            raise UrlExpiredOrInvalid("download URL is invalid")
+        if not (expires.isascii() and expires.isdigit()):
             raise UrlExpiredOrInvalid("download URL is invalid")
         expected = self._signature(function_id, int(expires))
         # As bytes: compare_digest raises TypeError on non-ASCII str.

@@ -52,9 +52,14 @@ class Served:
 class ServerThread(threading.Thread):
     """The app under ``EnvelopeAppRunner`` on its own event loop."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, database_url: str | None) -> None:
         super().__init__(daemon=True)
-        self._config = ServeConfig(data_dir=data_dir, admin_token=ADMIN_TOKEN, bcrypt_rounds=4)
+        self._config = ServeConfig(
+            data_dir=data_dir,
+            database_url=database_url,
+            admin_token=ADMIN_TOKEN,
+            bcrypt_rounds=4,
+        )
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopping = asyncio.Event()
@@ -94,9 +99,16 @@ def call(url: str, method: str, body: Any = None, token: str = ADMIN_TOKEN, **kw
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, wasm: Any) -> Iterator[Served]:
-    server = ServerThread(tmp_path_factory.mktemp("fuzz") / "data")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, wasm: Any
+) -> Iterator[Served]:
+    """The server on each metadata store: what one store accepts the other may not
+    (PostgreSQL text holds no NUL, its schema versions are 32-bit)."""
+    database_url = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("postgres").new_url()
+    server = ServerThread(tmp_path_factory.mktemp("fuzz") / "data", database_url)
     server.start_and_wait()
     state = Served(f"http://127.0.0.1:{server.port}")
     try:

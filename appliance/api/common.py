@@ -28,9 +28,9 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
 
     Strict where Python's ``json`` is lenient, so that nothing downstream meets a
     value no store or client can hold: strict UTF-8; integers must fit in 64 bits;
-    ``NaN``, ``Infinity`` and numbers beyond a double are refused; no lone
-    surrogates (``\\ud800``); nesting too deep to parse is a 400, not a
-    ``RecursionError``.
+    ``NaN``, ``Infinity`` and numbers beyond a double are refused; strings hold no
+    NUL and no lone surrogate (``\\u0000``, ``\\ud800``); nesting too deep to parse
+    is a 400, not a ``RecursionError``.
     """
     raw = await request.read()
     if not raw.strip():
@@ -72,14 +72,31 @@ def _no_constants(name: str) -> float:
     raise _RefusedValue(f"{name} is not JSON")
 
 
+def _check_strings(body: Any) -> None:
+    """Refuse NUL (PostgreSQL text cannot hold it) and lone surrogates (no UTF-8
+    for them), in keys and values; iterative, as the nesting may be deep."""
+    pending = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise _RefusedValue("a string holds a NUL character")
+            value.encode("utf-8")  # UnicodeEncodeError for a lone surrogate
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Parse a JSON object body under the rules of :func:`read_json`."""
     try:
         # UTF-8 strictly (a BOM aside): json.loads would decode "surrogatepass".
         text = raw.decode("utf-8-sig")
         body = json.loads(text, parse_int=_int64, parse_float=_finite, parse_constant=_no_constants)
-        if "\\u" in text:  # an escape is the other way to a lone surrogate
-            json.dumps(body, ensure_ascii=False).encode()
+        if "\\u" in text:  # only an escape can put a NUL or a lone surrogate in a string
+            _check_strings(body)
     except _RefusedValue as exc:
         raise InvalidJSON(f"request body is not acceptable JSON: {exc}") from exc
     except RecursionError as exc:

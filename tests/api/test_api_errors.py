@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from api_support import ADMIN, Api, check_error, expect_error
+from yarl import URL
 
 
 @pytest.mark.parametrize(
@@ -335,3 +336,44 @@ async def test_gzip_encoded_garbage_is_400(api: Api) -> None:
         text = await response.text()
         assert 400 <= response.status < 500, (encoding, text)
         check_error(response.status, text, response.status, json.loads(text)["error"]["code"])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/v1/nodes/%00",
+        "/api/v1/nodes/%00/sync/history",
+        "/api/v1/functions/%00",
+        "/api/v1/nodes?region=%00",
+        "/api/v1/nodes?status=online%00",
+        "/api/v1/functions?cursor=%00",
+        "/api/v1/nodes?%00=1",
+    ],
+)
+async def test_nul_in_the_request_target_is_400(api: Api, target: str) -> None:
+    # PostgreSQL text cannot hold a NUL: once a 500 there, while SQLite said 404.
+    response = await api.get(URL(target, encoded=True), headers=ADMIN)
+    await expect_error(response, 400, "MALFORMED_REQUEST")
+
+
+async def test_nul_in_any_json_string_is_400(api: Api) -> None:
+    node = await api.register()
+    for path, headers, body in (
+        ("/api/v1/enrollment-tokens", ADMIN, {"region": "eu\u0000"}),
+        ("/api/v1/nodes/register", {}, {"name": "a\u0000b", "enrollment_token": "est_a.b"}),
+        ("/api/v1/nodes/register", {}, {"name": "a", "labels": {"k\u0000": "v"}}),
+        (f"/api/v1/nodes/{node.id}/heartbeat", node.headers, {"agent_version": "1\u0000"}),
+        ("/api/v1/schemas", ADMIN, {"version": 1, "up_sql": "SELECT 1", "description": "\u0000"}),
+    ):
+        response = await api.post(path, json=body, headers=headers)
+        await expect_error(response, 400, "INVALID_JSON")
+
+
+async def test_signed_url_with_an_absurd_expiry_is_403(api: Api, wasm) -> None:
+    function = await api.upload_ok("hello", "1.0", wasm.module())
+    for expires in ("1" * 5000, "9" * 13, "１２３"):
+        response = await api.get(
+            f"/api/v1/functions/{function['id']}/download",
+            params={"expires": expires, "sig": "0" * 64},
+        )
+        await expect_error(response, 403, "URL_EXPIRED_OR_INVALID")
