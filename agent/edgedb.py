@@ -221,10 +221,10 @@ def connect(path: Path, driver: str = "auto") -> Any:
                 raise
         else:
             return libsql.connect(str(path))
-    import sqlite3
-
     # isolation_level=None: transactions are the explicit BEGIN IMMEDIATE ones.
-    return sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)  # edge.db is the only file, ever
+    return connection
 
 
 def _schema_version(connection: Any) -> int:
@@ -241,8 +241,6 @@ def _read_state(connection: Any) -> NodeState:
 
 def read_state_readonly(path: Path) -> NodeState:
     """The node state from another process (``agent status``, ``invoke``), via sqlite3."""
-    import sqlite3
-
     if not path.exists():
         return NodeState()
     connection = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True, timeout=5)
