@@ -13,6 +13,7 @@ from api_support import ADMIN, Api, expect_error
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.store.postgres import parse_url
+from edgesync.errors import EdgesyncError
 
 METRIC_FAMILIES = {
     "edgesync_nodes": "gauge",
@@ -193,6 +194,7 @@ async def test_admin_token_file_is_created_once_with_mode_0600(
 @pytest.mark.databases("sqlite")
 async def test_one_server_per_embedded_data_dir(make_api) -> None:
     api: Api = await make_api()
-    with pytest.raises(RuntimeError, match="another edgesync serve"):
+    with pytest.raises(EdgesyncError, match="another edgesync serve") as refused:
         await make_api(data_dir=api.config.data_dir)
+    assert refused.value.code == "DATA_DIR_LOCKED"
     assert (await api.get("/healthz")).status == 200
