@@ -111,7 +111,7 @@ class Shell:
         return value
 
     def show(self, argv: list[str], suffix: str = "", secret: str | None = None) -> None:
-        words = [shlex.quote(self.path(arg)) for arg in argv]
+        words = [quote(self.path(arg)) for arg in argv]
         if secret is not None:
             words = [w.replace(secret, "$ENROLLMENT_TOKEN") for w in words]
         print(f"  $ {' '.join(words)}{suffix}", flush=True)
@@ -127,6 +127,13 @@ class Shell:
             err = result.stderr.decode(errors="replace").strip()
             raise DemoError(f"{argv[0]} exited {result.returncode}: {err or out}")
         return out
+
+
+def quote(word: str) -> str:
+    """``shlex.quote``, but SQL with single quotes reads as a person would type it."""
+    if "'" in word and not any(c in word for c in '"$`\\!'):
+        return f'"{word}"'
+    return shlex.quote(word)
 
 
 def resolve_command(words: list[str]) -> list[str]:
@@ -506,7 +513,7 @@ class Demo:
         self.upload("hello", "3.0.0", build_hello(self.work, 3))
         self.wait_converged([edge_a])
         failure = self.wait_reported(edge_b, "MIGRATION_FAILED")
-        say(edge_b.name, f"failed: {failure['error_code']}: {failure['error_message']}")
+        say(edge_b.name, f"failed: {failure['error_message']} ({failure['error_code']})")
 
         note("edge-a serves hello 3.0.0; edge-b rolled back and still serves 2.0.0")
         self.invoke_hello({"edge-a": 3, "edge-b": 2})
@@ -553,7 +560,7 @@ class Demo:
             for record in records:
                 if record["status"] == "failed" and record["error_code"] not in WRAPPERS:
                     reasons.append(
-                        f"{node.name}: {record['error_code']}: {record['error_message']}"
+                        f"{node.name}: {record['error_message']} ({record['error_code']})"
                     )
                     break
             rows.append(
