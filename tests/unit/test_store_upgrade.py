@@ -22,7 +22,7 @@ async def test_upgrading_remembers_the_tokens_nodes_hold(
         monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:5])
         assert await store.migrate() == 5
         token_id = await enrollment(store)
-        node = await _node_before_upgrade(store, token_id)
+        node = await _node_before_upgrade(store, token_id, monkeypatch)
         # Version 5 kept the rotated-away token id beside the current one.
         await database.execute(
             "UPDATE nodes SET previous_token_jti = ? WHERE id = ?", ("0" * 32, node.id)
@@ -36,15 +36,14 @@ async def test_upgrading_remembers_the_tokens_nodes_hold(
         await database.close()
 
 
-async def _node_before_upgrade(store: Store, token_id: str) -> NodeRecord:
+async def _node_before_upgrade(
+    store: Store, token_id: str, monkeypatch: pytest.MonkeyPatch
+) -> NodeRecord:
     """A node registered by version 5 (which had no token history to write to)."""
-    original = store._remember_jti
 
     async def nothing_to_remember(*args: object) -> None:
         return None
 
-    store._remember_jti = nothing_to_remember  # type: ignore[method-assign]
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_remember_jti", nothing_to_remember)
         return await add_node(store, token_id)
-    finally:
-        store._remember_jti = original  # type: ignore[method-assign]
