@@ -182,6 +182,11 @@ class UnsupportedMediaType(EdgesyncError):
     status = 415
 
 
+class ExpectationFailed(EdgesyncError):
+    code = "EXPECTATION_FAILED"
+    status = 417
+
+
 class HeadersTooLarge(EdgesyncError):
     code = "HEADERS_TOO_LARGE"
     status = 431

@@ -35,6 +35,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from edgesync.errors import (
     EdgesyncError,
+    ExpectationFailed,
     HeadersTooLarge,
     InternalError,
     MalformedRequest,
@@ -91,7 +92,7 @@ def protocol_error(exc: BaseException | None) -> EdgesyncError | None:
     return MalformedRequest("malformed request")
 
 
-def http_exception_error(exc: web.HTTPException, request: web.Request) -> EdgesyncError | None:
+def http_exception_error(exc: web.HTTPException, request: web.BaseRequest) -> EdgesyncError | None:
     """aiohttp's own HTTP exceptions (routing, body size) as errors; None below 400."""
     if isinstance(exc, web.HTTPNotFound):
         return NotFound(f"no route for {request.method} {request.path}")
@@ -101,6 +102,8 @@ def http_exception_error(exc: web.HTTPException, request: web.Request) -> Edgesy
         return error
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge("request body exceeds the configured limit")
+    if isinstance(exc, web.HTTPExpectationFailed):
+        return ExpectationFailed("only Expect: 100-continue is supported")
     if exc.status < 400:
         return None
     return EdgesyncError(exc.reason, code=exc.reason.upper().replace(" ", "_"), status=exc.status)

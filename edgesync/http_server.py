@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,11 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from edgesync.errors import InternalError, RequestTimeout
-from edgesync.http_errors import envelope_response, protocol_error
+from edgesync.http_errors import envelope_response, http_exception_error, protocol_error
 
 log = logging.getLogger("edgesync.http")
+
+_Handle = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,25 @@ class EnvelopeAppRunner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _EnvelopeServer  # the same object; only __call__ differs
         server.deadlines = self._deadlines  # type: ignore[attr-defined]
+        server.request_handler = _outside_the_middlewares(server.request_handler)
         return server
+
+
+def _outside_the_middlewares(handle: _Handle) -> _Handle:
+    """The app's handler, with the HTTP exceptions aiohttp raises before its
+    middlewares run rendered as the envelope: an ``Expect`` other than
+    ``100-continue`` is a 417 whose text would quote the header."""
+
+    async def handle_request(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await handle(request)
+        except web.HTTPException as exc:
+            error = http_exception_error(exc, request)
+            if error is None:
+                raise
+            return envelope_response(error)
+
+    return handle_request
 
 
 def run_app(

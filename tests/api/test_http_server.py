@@ -162,6 +162,32 @@ REFUSED = [
         "MALFORMED_REQUEST",
     ),
     ("space in the target", b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (
+        "Expect other than 100-continue",
+        request("POST", "/api/v1/enrollment-tokens", JSON_POST + b"Expect: " + TOKEN + b"\r\n"),
+        417,
+        "EXPECTATION_FAILED",
+    ),
+    (
+        "two Content-Lengths",
+        request(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            JSON_POST + b"Content-Length: 2\r\nContent-Length: 3\r\n",
+            b"{}",
+        ),
+        400,
+        "MALFORMED_REQUEST",
+    ),
+    ("two Hosts", request("GET", "/healthz", b"Host: other\r\n"), 400, "MALFORMED_REQUEST"),
+    ("no Host", b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    (
+        "folded header",
+        request("GET", "/api/v1/nodes", b"X-A: 1\r\n Authorization: Bearer " + TOKEN + b"\r\n"),
+        400,
+        "MALFORMED_REQUEST",
+    ),
 ]
 
 
