@@ -11,7 +11,7 @@ import aiohttp
 
 from agent import __version__ as agent_version
 from edgesync.errors import EdgesyncError
-from edgesync.neterrors import origin, unreachable
+from edgesync.neterrors import file_problem, origin, unreachable
 from edgesync.protocol import Ack, NodeState, Plan
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
@@ -29,7 +29,12 @@ class ControlPlane:
         self.token = token
         self._ssl: ssl.SSLContext | bool = True
         if ca_file:
-            self._ssl = ssl.create_default_context(cafile=ca_file)
+            try:
+                self._ssl = ssl.create_default_context(cafile=ca_file)
+            except OSError as exc:  # ssl.SSLError is one
+                raise EdgesyncError(
+                    f"cannot use --ca-file {ca_file}: {file_problem(exc)}", code="BAD_TLS_FILES"
+                ) from exc
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ControlPlane:

@@ -29,6 +29,19 @@ class DataDirBusy(EdgesyncError):
     code = "DATA_DIR_LOCKED"
 
 
+class DatabaseUnreadable(EdgesyncError):
+    code = "BAD_DATABASE"
+
+
+def unreadable(database: Path, exc: Exception) -> DatabaseUnreadable:
+    """``edge.db`` cannot be opened or read: say which file, and that it is not a bug."""
+    reason = str(exc).strip() or type(exc).__name__
+    return DatabaseUnreadable(
+        f"{database} cannot be used ({reason}): restore it from a backup, or enrol the node"
+        " again in an empty --data-dir"
+    )
+
+
 def prepare(data_dir: Path) -> None:
     """Create ``data_dir`` (0700); narrow wider modes found inside."""
     make_private_dir(data_dir)

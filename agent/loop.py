@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,7 +128,10 @@ class Agent:
         self.api.server = self.config.server.rstrip("/")
         # Created 0600 before SQLite opens it (its -wal and -shm take the same mode).
         database = datadir.create_database(self.data_dir)
-        self.database = await asyncio.to_thread(EdgeDatabase, database)
+        try:
+            self.database = await asyncio.to_thread(EdgeDatabase, database)
+        except (sqlite3.Error, ValueError) as exc:  # libsql raises ValueError
+            raise datadir.unreadable(database, exc) from exc
         self.reconciler = Reconciler(
             self.data_dir,
             self.database,

@@ -92,12 +92,14 @@ class PushListener:
                 self.connected = False
                 failures += 1
                 self.failures += 1
-                if failures in (1, 5) or failures % 50 == 0:
-                    log.warning(
-                        "MQTT push unavailable (%s): %s; polling continues",
-                        self.address.public_url,
-                        exc,
-                    )
+                # Once per outage, like the loop's own "lost the control plane": the
+                # retries are DEBUG, the reconnection is INFO ("MQTT push connected").
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "MQTT push unavailable (%s): %s; polling continues",
+                    self.address.public_url,
+                    exc,
+                )
                 await asyncio.sleep(self._delay(failures))
 
     def _delay(self, failures: int) -> float:

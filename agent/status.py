@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from agent.credentials import Credentials
+from agent.datadir import unreadable
 from agent.edgedb import read_state_readonly
 from agent.loop import STATUS_FILE
 from agent.runtime.base import FunctionNotDeployed, Limits, module_path
 from edgesync.errors import EdgesyncError
+from edgesync.protocol import NodeState
 
 
 def enrolled(data_dir: Path) -> Credentials:
@@ -26,9 +29,17 @@ def enrolled(data_dir: Path) -> Credentials:
     return credentials
 
 
+def committed_state(data_dir: Path) -> NodeState:
+    database = data_dir / "edge.db"
+    try:
+        return read_state_readonly(database)
+    except (sqlite3.Error, ValueError) as exc:  # libsql raises ValueError
+        raise unreadable(database, exc) from exc
+
+
 def read_status(data_dir: Path) -> dict[str, Any]:
     credentials = enrolled(data_dir)
-    state = read_state_readonly(data_dir / "edge.db")
+    state = committed_state(data_dir)
     status: dict[str, Any] = {
         "node_id": credentials.node_id,
         "name": credentials.name,
@@ -51,7 +62,7 @@ def invoke_local(
     from agent.runtime import open_runtime
 
     enrolled(data_dir)
-    state = read_state_readonly(data_dir / "edge.db")
+    state = committed_state(data_dir)
     table = {ref.name: ref for ref in state.functions}
     ref = table.get(name)
     if ref is None:

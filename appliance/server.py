@@ -14,6 +14,7 @@ from appliance.store.db import DatabaseError
 from edgesync.errors import EdgesyncError
 from edgesync.http_server import ReadDeadlines, run_app
 from edgesync.listen import bound_port, reserve_tcp
+from edgesync.neterrors import file_problem
 
 log = logging.getLogger("edgesync.serve")
 
@@ -25,10 +26,10 @@ def tls_context(config: ServeConfig) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     try:
         context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
-    except (ssl.SSLError, OSError) as exc:
+    except OSError as exc:  # ssl.SSLError is one
         raise EdgesyncError(
             f"cannot use --tls-cert {config.tls_cert} with --tls-key {config.tls_key}:"
-            f" {getattr(exc, 'reason', None) or exc.strerror or exc}",
+            f" {file_problem(exc)}",
             code="BAD_TLS_FILES",
         ) from exc
     return context

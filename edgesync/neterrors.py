@@ -9,6 +9,7 @@ is ever shown: a signed download URL carries its signature in the query.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -29,6 +30,9 @@ _BY_NAME = {
     "InvalidUrlClientError": "the URL is not valid",
     "NonHttpUrlClientError": "the URL is not http:// or https://",
 }
+
+
+_SSL_NOISE = re.compile(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$")
 
 
 def origin(url: str) -> str:
@@ -61,6 +65,19 @@ def unreachable(url: str, exc: BaseException) -> EdgesyncError:
     return EdgesyncError(
         f"cannot reach {origin(url)}: {describe(exc)}", code="UNREACHABLE", retryable=True
     )
+
+
+def file_problem(exc: OSError) -> str:
+    """Why a certificate, key or CA file could not be loaded, in words."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        text = reason.replace("_", " ")  # OpenSSL's NO_CERTIFICATE_OR_CRL_FOUND, …
+    else:  # "[SSL] PEM lib (_ssl.c:3905)": OpenSSL's words without the C source line
+        text = _SSL_NOISE.sub("", exc.strerror or str(exc)) or type(exc).__name__
+    text = text.lower()
+    if text in ("pem lib", "no start line"):
+        return "not a PEM certificate and key, or the key does not match the certificate"
+    return text
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

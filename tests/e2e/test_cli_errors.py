@@ -8,6 +8,7 @@ runs the same ``edgesync.cli`` (tests/e2e/test_cli_e2e.py covers that it starts)
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -74,6 +75,28 @@ def test_a_damaged_credentials_file(cli: Edgesync, tmp_path: Path, content: byte
             cli, "agent", "--data-dir", "node", *args, cwd=tmp_path, code="BAD_CREDENTIALS"
         )
         assert "node.json" in line
+
+
+def test_a_damaged_database_and_a_bad_ca_file(cli: Edgesync, tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    node.mkdir()
+    credentials = {"server": "http://127.0.0.1:1", "node_id": "n", "token": "t", "name": "n"}
+    (node / "node.json").write_text(json.dumps({**credentials, "token_expires_at": "2030"}))
+    (node / "edge.db").write_bytes(b"not a database, not at all " * 40)
+    for args in (["agent", "--data-dir", "node", "status"], ["invoke", "--data-dir", "node", "f"]):
+        line = failing(cli, *args, cwd=tmp_path, code="BAD_DATABASE")
+        assert "edge.db" in line
+    agent = ("agent", "--data-dir", "node", "--once", "--no-gateway", "--log-level", "warning")
+    failing(cli, *agent, cwd=tmp_path, code="BAD_DATABASE")
+    (tmp_path / "ca.pem").write_text("no certificate here\n")
+    line = failing(
+        cli,
+        *agent,
+        *("--server", "https://127.0.0.1:1", "--ca-file", "ca.pem"),
+        cwd=tmp_path,
+        code="BAD_TLS_FILES",
+    )
+    assert line == "error: cannot use --ca-file ca.pem: no certificate or crl found (BAD_TLS_FILES)"
 
 
 def test_operator_commands_with_bad_servers_and_files(cli: Edgesync, tmp_path: Path) -> None:
