@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import weakref
@@ -28,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.child_env import python_child_environment
 from edgesync.errors import InvalidMigration
 
 log = logging.getLogger(__name__)
@@ -136,21 +136,9 @@ def _parse(out: bytes) -> dict[str, Any] | None:
 
 
 def _child_environment() -> dict[str, str]:
-    """Only what the interpreter needs: the server's environment holds its admin
-    token, database URL and S3 keys, none of which the child has any use for."""
-    environment = {
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-        "PATH": os.environ.get("PATH", os.defpath),
-        "LANG": "C.UTF-8",
-        # Address space is what is limited: one malloc arena per thread would
-        # reserve 64 MiB of it each.
-        "MALLOC_ARENA_MAX": "2",
-    }
-    # What a relocated interpreter may need to start at all.
-    for name in ("PYTHONHOME", "LD_LIBRARY_PATH"):
-        if name in os.environ:
-            environment[name] = os.environ[name]
-    return environment
+    # Address space is what is limited: one malloc arena per thread would
+    # reserve 64 MiB of it each.
+    return python_child_environment(MALLOC_ARENA_MAX="2")
 
 
 def _last_line(text: str) -> str:

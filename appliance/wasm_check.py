@@ -10,10 +10,10 @@ itself is streamed to disk). Run as a module, this file is that child.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
+from appliance.child_env import python_child_environment
 from edgesync.errors import InvalidWasm
 
 IN_PROCESS_LIMIT = 4 * 1024 * 1024
@@ -46,7 +46,6 @@ async def validate_file(path: Path, size: int) -> None:
     with path.open("rb") as handle:
         if handle.read(4) != WASM_MAGIC:
             raise InvalidWasm("module is not a WebAssembly binary (bad magic number)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -54,7 +53,7 @@ async def validate_file(path: Path, size: int) -> None:
         str(path),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env,
+        env=python_child_environment(),
     )
     out, err = await child.communicate()
     if child.returncode == 0:
