@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,15 +248,6 @@ def _remove(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def sweep_compile_leftovers(directory: Path, older_than_seconds: float = 3600.0) -> None:
-    """Remove temp files (``.name.*``) an interrupted compile left in ``directory``."""
-    cutoff = time.time() - older_than_seconds
-    for leftover in directory.glob(".*"):
-        with contextlib.suppress(OSError):
-            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
-                leftover.unlink()
 
 
 def modules_dir(data_dir: Path) -> Path:
