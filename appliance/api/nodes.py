@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from appliance.api.bounds import refuse_too_many
 from appliance.api.common import (
     json_response,
     optional_str,
@@ -95,6 +96,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     node_id = request.match_info["node_id"]
     principal(request).require_node(node_id)
     body = await read_json(request, allow_empty=True)
+    refuse_too_many(body, ("functions",), "heartbeat.functions")
     now = utcnow()
     await services(request).store.heartbeat(
         node_id,

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.api.bounds import refuse_too_many
 from appliance.api.common import base_url, json_response, principal, query_int, read_json
 from appliance.services import services
-from edgesync.errors import ValidationFailed
 from edgesync.protocol import Ack
 
 routes = web.RouteTableDef()
-
-# A node's state lists one entry per function name it runs; no fleet comes near
-# this, and a bigger ack would hold the write lock for seconds.
-MAX_ACK_FUNCTIONS = 1000
 
 
 @routes.get("/api/v1/nodes/{node_id}/sync")
@@ -46,22 +42,11 @@ async def ack(request: web.Request) -> web.Response:
     node_id = request.match_info["node_id"]
     principal(request).require_node(node_id)
     raw = await read_json(request)
-    check_state_size(raw)
+    refuse_too_many(raw, ("state", "functions"), "ack.state.functions")
     result = await services(request).sync.ack(node_id, Ack.from_dict(raw))
     # recorded: false -- the ack came after its sync was finished or superseded
     # by a newer plan; it was counted on the record and changed nothing.
     return json_response({"recorded": result.recorded, "sync": result.record.to_api()})
-
-
-def check_state_size(body: object) -> None:
-    """Refuse an ack naming more functions than any node can hold, before any DB work."""
-    state = body.get("state") if isinstance(body, dict) else None
-    functions = state.get("functions") if isinstance(state, dict) else None
-    if isinstance(functions, list) and len(functions) > MAX_ACK_FUNCTIONS:
-        raise ValidationFailed(
-            f"ack.state.functions may list at most {MAX_ACK_FUNCTIONS} functions",
-            details={"field": "ack.state.functions", "max_items": MAX_ACK_FUNCTIONS},
-        )
 
 
 @routes.get("/api/v1/nodes/{node_id}/sync/history")

@@ -132,3 +132,14 @@ async def test_rate_limited_is_only_for_the_node_asking(api: Api, wasm) -> None:
     response = await api.get(f"/api/v1/nodes/{quiet.id}/sync?full=true", headers=quiet.headers)
     assert response.status == 200
     assert (await api.json("GET", f"/api/v1/nodes/{busy.id}", headers=ADMIN))["id"] == busy.id
+
+
+async def test_a_heartbeat_with_too_many_function_counters_is_refused(api: Api) -> None:
+    node = await api.register()
+    path = f"/api/v1/nodes/{node.id}/heartbeat"
+    counters = {f"f{i}": {"invocations": 1, "errors": 0} for i in range(22_000)}
+    response = await api.post(path, json={"functions": counters}, headers=node.headers)
+    error = await expect_error(response, 400, "VALIDATION_FAILED")
+    assert error["details"]["field"] == "heartbeat.functions"
+    few = {"hello": {"invocations": 3, "errors": 1}}
+    assert (await api.post(path, json={"functions": few}, headers=node.headers)).status == 200
