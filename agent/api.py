@@ -11,7 +11,7 @@ import aiohttp
 
 from agent import __version__ as agent_version
 from edgesync.errors import EdgesyncError
-from edgesync.neterrors import file_problem, origin, unreachable
+from edgesync.neterrors import answered_error, file_problem, origin, unreachable
 from edgesync.protocol import Ack, NodeState, Plan
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
@@ -81,11 +81,11 @@ class ControlPlane:
             except ValueError:
                 decoded = None
         if status >= 400:
-            raise EdgesyncError.from_envelope(status, decoded)
+            raise answered_error(url, status, decoded)
         if status not in (204, 304) and not isinstance(decoded, dict):
             raise EdgesyncError(
                 f"{origin(url)} answered HTTP {status} without a JSON object:"
-                " is --server an edgesync control plane?",
+                " is it an edgesync control plane?",
                 code="BAD_RESPONSE",
                 retryable=True,
             )
@@ -139,7 +139,7 @@ class ControlPlane:
                         decoded = json.loads(raw)
                     except ValueError:
                         decoded = None
-                    raise EdgesyncError.from_envelope(response.status, decoded)
+                    raise answered_error(url, response.status, decoded)
                 async for chunk in response.content.iter_chunked(chunk_size):
                     yield chunk
         except NETWORK_ERRORS as exc:

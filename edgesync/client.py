@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from edgesync.errors import EdgesyncError
-from edgesync.neterrors import unreachable
+from edgesync.neterrors import answered_error, origin, unreachable
 
 CHUNK = 256 * 1024
 
@@ -131,7 +131,13 @@ class ApiClient:
         except ValueError:
             decoded = None
         if response.status >= 400:
-            raise EdgesyncError.from_envelope(response.status, decoded)
+            raise answered_error(self._parts.geturl(), response.status, decoded)
+        if not isinstance(decoded, dict):  # every answer of the API is a JSON object
+            raise EdgesyncError(
+                f"{origin(self._parts.geturl())} answered HTTP {response.status} without a"
+                " JSON object: is it an edgesync control plane?",
+                code="BAD_RESPONSE",
+            )
         return decoded
 
 

@@ -80,6 +80,17 @@ def file_problem(exc: OSError) -> str:
     return text
 
 
+def answered_error(url: str, status: int, body: object) -> EdgesyncError:
+    """The error a server answered; an answer without the envelope names who answered."""
+    error = EdgesyncError.from_envelope(status, body)
+    if error.code == "BAD_RESPONSE":
+        error.message = (
+            f"{origin(url)} answered HTTP {status} without an error envelope:"
+            " is it an edgesync control plane?"
+        )
+    return error
+
+
 def _causes(exc: BaseException) -> list[BaseException]:
     """``exc``, then what it wraps (aiohttp keeps the OS error in attributes)."""
     chain: list[BaseException] = []

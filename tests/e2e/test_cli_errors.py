@@ -13,6 +13,8 @@ import re
 import signal
 import socket
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,53 @@ def test_operator_commands_with_bad_servers_and_files(cli: Edgesync, tmp_path: P
     failing(cli, "token", "create", "--max-uses", "0", cwd=tmp_path, code="USAGE")
     failing(cli, "nodes", "lst", cwd=tmp_path, code="USAGE")
     failing(cli, "no-such-command", cwd=tmp_path, code="USAGE")
+
+
+class NotEdgesync(BaseHTTPRequestHandler):
+    """Some other web server: 200 and HTML for a GET, 404 and HTML for anything else."""
+
+    def _answer(self, status: int) -> None:
+        body = b"<html>hello</html>"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer(200)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer(404)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_server_that_is_not_edgesync(cli: Edgesync, tmp_path: Path) -> None:
+    with ThreadingHTTPServer(("127.0.0.1", 0), NotEdgesync) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{other.server_address[1]}"
+            line = failing(cli, "nodes", "list", "--server", url, cwd=tmp_path, code="BAD_RESPONSE")
+            assert line == (
+                f"error: {url} answered HTTP 200 without a JSON object: is it an edgesync"
+                " control plane? (BAD_RESPONSE)"
+            )
+            line = failing(
+                cli,
+                *("agent", "--server", url, "--data-dir", "node", "--once", "--no-gateway"),
+                *("--enrollment-token", "est_x", "--log-level", "warning"),
+                cwd=tmp_path,
+                code="BAD_RESPONSE",
+            )
+            assert line == (
+                f"error: {url} answered HTTP 404 without an error envelope: is it an edgesync"
+                " control plane? (BAD_RESPONSE)"
+            )
+        finally:
+            other.shutdown()
 
 
 def test_agent_starts_that_cannot_work(cli: Edgesync, tmp_path: Path) -> None:
