@@ -9,6 +9,7 @@ import ssl
 from aiohttp import web
 
 from appliance.app import make_app
+from appliance.artifacts.base import ArtifactStoreUnavailable
 from appliance.config import ServeConfig
 from appliance.store.db import DatabaseError
 from edgesync.errors import EdgesyncError
@@ -103,3 +104,6 @@ def _serve(config: ServeConfig, context: ssl.SSLContext | None, port: int) -> No
         # At startup (open, migrate): one line for the operator, not a traceback.
         # The messages name host and user at most, never the URL's password.
         raise EdgesyncError(f"metadata database: {exc}", code="DATABASE_UNAVAILABLE") from exc
+    except ArtifactStoreUnavailable as exc:
+        # Its message names the store without the secret key.
+        raise EdgesyncError(str(exc), code="ARTIFACT_STORE_UNAVAILABLE") from exc

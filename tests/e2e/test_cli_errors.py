@@ -206,6 +206,16 @@ def test_serve_starts_that_cannot_work(cli: Edgesync, tmp_path: Path) -> None:
     )
     assert "junk.pem" in line
     failing(cli, "serve", "--port", "70000", cwd=tmp_path, code="USAGE")
+    closed = free_port()
+    line = failing(
+        cli,
+        *("serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", "store-down"),
+        *("--artifact-url", f"s3://KEY:SECRET-SECRET@127.0.0.1:{closed}/bucket"),
+        *("--log-level", "error"),
+        cwd=tmp_path,
+        code="ARTIFACT_STORE_UNAVAILABLE",
+    )
+    assert "SECRET-SECRET" not in line
     failing(
         cli,
         *("serve", "--host", "no-such-host.invalid", "--port", "0", "--data-dir", "data"),
