@@ -35,7 +35,7 @@ class AgentConfig:
         if not self.gateway:
             return None
         host, _, port = self.gateway.rpartition(":")
-        return (host or "127.0.0.1"), int(port)
+        return (host.strip("[]") or "127.0.0.1"), int(port)  # [::1]:8700 too
 
     def validate(self) -> None:
         if not self.server.startswith(("http://", "https://")):
