@@ -43,14 +43,16 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "Conflict",
         413: "PAYLOAD_TOO_LARGE",
         415: "UNSUPPORTED_MEDIA_TYPE",
+        429: "RATE_LIMITED (retryable, with Retry-After)",
         503: "SERVICE_UNAVAILABLE (retryable, with Retry-After)",
     }
     return {str(s): _json(ref("Error"), reasons[s]) for s in statuses}
 
 
-# Every body may be refused as malformed, too large or of the wrong type, and
-# every route behind the store may find it unavailable.
-BODY_ERRORS = (400, 413, 415)
+# Any request may be malformed (a NUL in its query, say: 400); every body may
+# also be too large or of the wrong type.
+ANY_ERRORS = (400,)
+BODY_ERRORS = (413, 415)
 
 
 def _op(
@@ -64,7 +66,7 @@ def _op(
     security: str | None = "bearer",
     tags: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    statuses = set(errors) | (set(BODY_ERRORS) if body is not None else set())
+    statuses = set(errors) | set(ANY_ERRORS) | (set(BODY_ERRORS) if body is not None else set())
     operation: dict[str, Any] = {
         "summary": summary,
         "responses": {**ok, **_errors(*sorted(statuses))},
@@ -223,7 +225,7 @@ def _paths() -> dict[str, Any]:
                     "200": _json(ref("Plan"), "Plan (ETag header set)"),
                     "304": {"description": "Not modified"},
                 },
-                (400, 401, 403, 404, 503),
+                (401, 403, 404, 429, 503),
                 params=[
                     *node,
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": s},
@@ -323,7 +325,8 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/schemas": {
             "post": _op(
-                "Append a schema migration (admin); checked on a scratch database",
+                "Append a schema migration (admin); checked on a scratch database"
+                " (with down_sql: up, down, up again) and linted for destructive statements",
                 {"201": _json(ref("Migration"), "Accepted")},
                 (401, 403, 409, 503),
                 body={
@@ -335,6 +338,7 @@ def _paths() -> dict[str, Any]:
                             description=string(500, nullable=True),
                             up_sql=string(SQL_LIMIT, min_length=1),
                             down_sql=string(SQL_LIMIT, nullable=True),
+                            allow_destructive=b,
                         )
                     }
                 },
