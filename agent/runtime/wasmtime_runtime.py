@@ -72,6 +72,14 @@ from agent.runtime.table import FunctionTable, prepare_in_parallel
 log = logging.getLogger("edgesync.runtime.wasmtime")
 
 WASM_PAGE = 64 * 1024
+#: A call first runs on the event loop's own thread (no hand-off to a worker thread
+#: and back) with this budget in epoch ticks (5-10 ms); one that needs longer is
+#: stopped and run again from scratch on a worker thread. Running again is safe: a
+#: function's only effects are its stdout and stderr (no preopened files, no
+#: sockets), and both are thrown away with the stopped attempt.
+INLINE_BUDGET_TICKS = 2
+#: Host calls that can block (a sleep): modules importing them never run inline.
+BLOCKING_IMPORTS = frozenset({"poll_oneoff"})
 #: A guest blocked in a host call (poll_oneoff sleeping) is past the epoch's reach:
 #: the caller gets FUNCTION_TIMEOUT this long after the limit, the thread stays busy.
 BACKSTOP_GRACE_SECONDS = 1.0
@@ -88,11 +96,19 @@ class _Loaded:
     pre: wasmtime.InstancePre
     #: ``_start``'s position among the exports, found once per module.
     start: int
+    #: Whether it can block in a host call (``poll_oneoff`` sleeps), where no epoch
+    #: deadline reaches it: such a module never runs on the event loop's thread.
+    may_block: bool
 
     @classmethod
     def of(cls, module: wasmtime.Module, pre: wasmtime.InstancePre) -> _Loaded:
         names = [export.name for export in module.exports]
-        return cls(module, pre, names.index("_start"))
+        may_block = any(item.name in BLOCKING_IMPORTS for item in module.imports)
+        return cls(module, pre, names.index("_start"), may_block)
+
+
+class _Overran(Exception):
+    """An inline attempt hit its budget: run the call again on a worker thread."""
 
 
 def _call_start(store: wasmtime.Store, instance: wasmtime.Instance, index: int) -> None:
@@ -460,6 +476,11 @@ class WasmtimeRuntime(FunctionTable):
         loaded = self._modules.get(ref.sha256)
         if loaded is None:
             loaded = await asyncio.to_thread(self._loaded, ref.sha256)
+        if not loaded.may_block:
+            try:
+                return self._run(loaded, name, stdin, pairs, limits, INLINE_BUDGET_TICKS)
+            except _Overran:
+                pass
         job = self._workers.submit(self._run, loaded, name, bytes(stdin), pairs, limits)
         backstop = limits.timeout_seconds + BACKSTOP_GRACE_SECONDS
         loop = asyncio.get_running_loop()
@@ -491,13 +512,19 @@ class WasmtimeRuntime(FunctionTable):
         stdin: bytes,
         env: list[tuple[str, str]],
         limits: Limits,
+        budget_ticks: int | None = None,
     ) -> Invocation:
-        """Worker thread: one instantiation and ``_start``, classified."""
+        """One instantiation and ``_start``, classified (worker thread, or inline with
+        ``budget_ticks``: :class:`_Overran` when the budget runs out first)."""
         spool = self._spools.acquire()
         store = wasmtime.Store(self._engine)
         try:
             store.set_limits(memory_size=limits.memory_bytes)
             deadline = math.ceil(limits.timeout_seconds / self._tick) + 1
+            if budget_ticks is not None and budget_ticks < deadline:
+                deadline = budget_ticks
+            else:
+                budget_ticks = None
             self._max_deadline = max(self._max_deadline, deadline)
             store.set_epoch_deadline(deadline)
             store.set_wasi(self._wasi(name, stdin, env, spool))
@@ -528,6 +555,8 @@ class WasmtimeRuntime(FunctionTable):
             if ok:
                 assert stdout is not None
                 return Invocation(stdout, stderr, 0)
+            if budget_ticks is not None and _interrupted(error):
+                raise _Overran
             raise self._failure(name, limits, store, instance, exit_code, error, stderr)
         finally:
             store.close()
@@ -565,7 +594,7 @@ class WasmtimeRuntime(FunctionTable):
         error: Exception | None,
         stderr: bytes,
     ) -> Exception:
-        if isinstance(error, wasmtime.Trap) and error.trap_code == wasmtime.TrapCode.INTERRUPT:
+        if _interrupted(error):
             return self._timeout(name, limits, stderr, reason="epoch deadline")
         text = "" if error is None else str(error)
         exited = {} if error is not None else {"exit_code": exit_code}
@@ -608,6 +637,10 @@ class WasmtimeRuntime(FunctionTable):
             stderr=stderr,
             **details,
         )
+
+
+def _interrupted(error: Exception | None) -> bool:
+    return isinstance(error, wasmtime.Trap) and error.trap_code == wasmtime.TrapCode.INTERRUPT
 
 
 def _memory_exhausted(
