@@ -18,6 +18,9 @@ TERMINATED = 0x0001
 INTERRUPTED = 0x0007
 CATEGORY_WASM = 0x00
 OUTPUT_FORMAT_NATIVE = 0  # WasmEdge_CompilerOutputFormat_Native: a shared library
+#: WasmEdge_CompilerOptimizationLevel_O2: what ``wasmedge compile`` uses by default (the
+#: C API's default is O3: ≈ 30 ms against ≈ 23 ms per small module here).
+OPTIMIZATION_O2 = 2
 
 
 class WasmEdgeString(Structure):
@@ -42,6 +45,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "WasmEdge_ConfigureSetMaxMemoryPage": (None, [c_void_p, c_uint32]),
     "WasmEdge_ConfigureCompilerSetInterruptible": (None, [c_void_p, c_bool]),
     "WasmEdge_ConfigureCompilerSetOutputFormat": (None, [c_void_p, ctypes.c_int]),
+    "WasmEdge_ConfigureCompilerSetOptimizationLevel": (None, [c_void_p, ctypes.c_int]),
     "WasmEdge_CompilerCreate": (c_void_p, [c_void_p]),
     "WasmEdge_CompilerCompile": (WasmEdgeResult, [c_void_p, c_char_p, c_char_p]),
     "WasmEdge_CompilerDelete": (None, [c_void_p]),

@@ -279,6 +279,7 @@ class Worker:
         conf = lib.ConfigureCreate()
         lib.ConfigureCompilerSetInterruptible(conf, True)
         lib.ConfigureCompilerSetOutputFormat(conf, capi.OUTPUT_FORMAT_NATIVE)
+        lib.ConfigureCompilerSetOptimizationLevel(conf, capi.OPTIMIZATION_O2)
         compiler = lib.CompilerCreate(conf)
         try:
             result = lib.CompilerCompile(compiler, request["src"].encode(), request["dst"].encode())
