@@ -14,6 +14,11 @@ the node's schema (a dry run: no data); during the real apply the runner checks
 after each statement that the release's transaction is still open and nothing
 was attached. On the stdlib ``sqlite3`` driver the rules sit on the real
 connection as well. Anything refused: rollback, ``MIGRATION_FAILED``.
+
+Going back across a migration (a plan's ``revert_schema`` actions) is part of
+the same transaction: each revert runs that migration's ``down_sql`` through
+the same runner and rules (in the dry run too) and forgets the migration's
+bookkeeping row, before the plan's migrations and its function table.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from edgesync.errors import EdgesyncError
-from edgesync.protocol import ApplySchema, FunctionRef, NodeState, format_time, utcnow
+from edgesync.protocol import (
+    ApplySchema,
+    FunctionRef,
+    NodeState,
+    RevertSchema,
+    format_time,
+    utcnow,
+)
 from edgesync.sqlguard import MigrationRules
 from edgesync.sqlrunner import ScriptFailed, dry_run, run_script
 from edgesync.sqlscript import split_statements
@@ -99,8 +111,10 @@ class EdgeDatabase:
         functions: Sequence[FunctionRef],
         sync_id: str | None,
         checkpoint: Callable[[str], None] = lambda point: None,
+        reverts: Sequence[RevertSchema] = (),
     ) -> NodeState:
-        """Apply ``migrations`` and make ``functions`` the function table, atomically.
+        """Revert ``reverts`` (descending, from the node's version), apply
+        ``migrations`` and make ``functions`` the function table, atomically.
 
         Raises :class:`MigrationFailed` (after rolling back) when a statement fails.
         """
@@ -108,12 +122,16 @@ class EdgeDatabase:
             connection = self._connection
             connection.execute("BEGIN IMMEDIATE")
             try:
-                current = _schema_version(connection)
+                current = _check_reverts(reverts, _schema_version(connection))
                 _check_sequence(migrations, current)
-                if migrations:
-                    _prove(connection, migrations)
+                if migrations or reverts:
+                    _prove(connection, reverts, migrations)
+                for revert in reverts:
+                    _revert_migration(connection, revert)
+                    checkpoint("reverting")
+                applying = "apply" if reverts else None  # details.phase, as in the dry run
                 for migration in migrations:
-                    _apply_migration(connection, migration, sync_id)
+                    _apply_migration(connection, migration, sync_id, applying)
                     current = migration.version
                     checkpoint("migrating")
                 now = format_time(utcnow())
@@ -162,8 +180,24 @@ def _check_sequence(migrations: Sequence[ApplySchema], current: int) -> None:
         current = migration.version
 
 
-def _prove(connection: Any, migrations: Sequence[ApplySchema]) -> None:
-    """The dry run: ``migrations`` under the rules on a stdlib copy of the schema.
+def _check_reverts(reverts: Sequence[RevertSchema], current: int) -> int:
+    """The schema version after ``reverts``: each must revert the version the node is on."""
+    for revert in reverts:
+        if revert.version != current:
+            raise MigrationFailed(
+                f"cannot revert migration {revert.version}: the node is on schema version"
+                f" {current}",
+                details={"version": revert.version, "schema_version": current, "phase": "revert"},
+            )
+        current -= 1
+    return current
+
+
+def _prove(
+    connection: Any, reverts: Sequence[RevertSchema], migrations: Sequence[ApplySchema]
+) -> None:
+    """The dry run: ``reverts`` then ``migrations`` under the rules on a stdlib copy
+    of the schema.
 
     The schema is read through the node's own connection: opening ``edge.db``
     with a second SQLite library in this process would break its locks (NOTES.md).
@@ -174,22 +208,37 @@ def _prove(connection: Any, migrations: Sequence[ApplySchema]) -> None:
             schema,
             [(m.version, m.up_sql) for m in migrations],
             deadline_seconds=DRY_RUN_SECONDS,
+            reverts=[(r.version, r.down_sql) for r in reverts],
         )
     except ScriptFailed as failure:
         raise _migration_failed(failure) from failure
 
 
-def _apply_migration(connection: Any, migration: ApplySchema, sync_id: str | None) -> None:
+def _run_migration_sql(
+    connection: Any, script: str, version: int, phase: str | None = None
+) -> None:
     try:
         if isinstance(connection, sqlite3.Connection):
             rules = MigrationRules()
             with rules.installed(connection):
-                run_script(connection, migration.up_sql, rules=rules)
+                run_script(connection, script, rules=rules)
         else:  # libsql: no authorizer; the runner checks after each statement instead
-            run_script(connection, migration.up_sql)
+            run_script(connection, script)
     except ScriptFailed as failure:
-        failure.version = migration.version
+        failure.version = version
+        failure.phase = phase
         raise _migration_failed(failure) from failure
+
+
+def _revert_migration(connection: Any, revert: RevertSchema) -> None:
+    _run_migration_sql(connection, revert.down_sql, revert.version, "revert")
+    connection.execute("DELETE FROM _edgesync_migrations WHERE version = ?", (revert.version,))
+
+
+def _apply_migration(
+    connection: Any, migration: ApplySchema, sync_id: str | None, phase: str | None
+) -> None:
+    _run_migration_sql(connection, migration.up_sql, migration.version, phase)
     connection.execute(
         "INSERT INTO _edgesync_migrations (version, description, checksum, sync_id, applied_at)"
         " VALUES (?, ?, ?, ?, ?)",

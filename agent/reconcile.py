@@ -5,7 +5,8 @@ state or its new one (DESIGN.md):
 
 1. download every new module (content-addressed, verified, atomic);
 2. compile them in the runtime (no effect on what is served);
-3. ONE libsql transaction: the migrations in order and the new function table;
+3. ONE libsql transaction: the reverts (``down_sql``, descending), the migrations
+   in order and the new function table;
 4. after commit: switch the runtime's table, ack, collect unreferenced files.
 
 The plan's target is authoritative, the actions are the means: work is derived
@@ -26,7 +27,14 @@ from agent.artifacts import ArtifactCache, Downloader
 from agent.edgedb import EdgeDatabase
 from agent.failures import PlanInconsistent
 from agent.runtime.base import Runtime, collect_compiled
-from edgesync.protocol import ApplySchema, DeployFunction, FunctionRef, NodeState, Plan
+from edgesync.protocol import (
+    ApplySchema,
+    DeployFunction,
+    FunctionRef,
+    NodeState,
+    Plan,
+    RevertSchema,
+)
 
 log = logging.getLogger("edgesync.agent")
 
@@ -91,7 +99,7 @@ class Reconciler:
         local = await self.local_state()
         if local == plan.target and not self.missing_modules(local):
             return local
-        migrations = self._migrations(plan, local)
+        reverts, migrations = self._schema_steps(plan, local)
         await self._fetch_modules(plan, local)
         await self._in_thread_checkpoint("downloaded")
         state = await asyncio.to_thread(
@@ -100,6 +108,7 @@ class Reconciler:
             plan.target.functions,
             plan.sync_id,
             self._checkpoint,
+            reverts,
         )
         await self._in_thread_checkpoint("committed")
         self.runtime.activate({ref.name: ref for ref in state.functions})
@@ -129,20 +138,33 @@ class Reconciler:
         await asyncio.to_thread(self._checkpoint, point)
 
     @staticmethod
-    def _migrations(plan: Plan, local: NodeState) -> list[ApplySchema]:
-        wanted = plan.target.schema_version
-        if wanted < local.schema_version:
+    def _schema_steps(plan: Plan, local: NodeState) -> tuple[list[RevertSchema], list[ApplySchema]]:
+        """The reverts (descending) and migrations (ascending) from ``local`` to the target.
+
+        The node goes down to a base version, then up to the target: the base is the
+        lowest of its own version, the target and what the plan's reverts reach (a plan
+        may revert a migration and apply another in its place).
+        """
+        wanted, have = plan.target.schema_version, local.schema_version
+        reverts = {a.version: a for a in plan.actions if isinstance(a, RevertSchema)}
+        base = min(have, wanted, min(reverts, default=have + 1) - 1)
+        missing_reverts = [v for v in range(have, base, -1) if v not in reverts]
+        if missing_reverts:
             raise PlanInconsistent(
-                f"target schema {wanted} is behind the node's {local.schema_version}",
-                details={"target": wanted, "local": local.schema_version},
+                f"target schema {wanted} is behind the node's {have} and the plan"
+                " lacks the reverts to get there",
+                details={"target": wanted, "local": have, "missing_reverts": missing_reverts},
             )
         available = {a.version: a for a in plan.actions if isinstance(a, ApplySchema)}
-        missing = [v for v in range(local.schema_version + 1, wanted + 1) if v not in available]
+        missing = [v for v in range(base + 1, wanted + 1) if v not in available]
         if missing:
             raise PlanInconsistent(
                 "plan lacks migrations the node needs", details={"missing": missing}
             )
-        return [available[v] for v in range(local.schema_version + 1, wanted + 1)]
+        return (
+            [reverts[v] for v in range(have, base, -1)],
+            [available[v] for v in range(base + 1, wanted + 1)],
+        )
 
     async def _fetch_modules(self, plan: Plan, local: NodeState) -> None:
         deploys = {(a.name, a.sha256): a for a in plan.actions if isinstance(a, DeployFunction)}

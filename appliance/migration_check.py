@@ -1,6 +1,7 @@
 """Checking a schema migration before it is accepted, in a child process.
 
-The whole chain (every accepted migration, then the candidate) is applied to a
+The whole chain (every accepted migration, then the candidate, then its
+``down_sql`` and the candidate again when it has one) is applied to a
 scratch in-memory database by :mod:`appliance.migration_sandbox`, a child with
 a wall-clock limit (killed when it is reached) and an address-space limit. The
 server's event loop only waits on a pipe meanwhile, so an endless recursive CTE
@@ -47,11 +48,22 @@ class CheckLimits:
     memory_bytes: int = 256 * 1024 * 1024
 
 
-async def check_chain(chain: Sequence[tuple[int, str]], limits: CheckLimits) -> None:
+async def check_chain(
+    chain: Sequence[tuple[int, str]],
+    limits: CheckLimits,
+    *,
+    down_sql: str | None = None,
+    lint: bool = False,
+) -> list[dict[str, Any]]:
     """Raise :class:`InvalidMigration` unless every (version, sql) of ``chain``
-    applies in order within the migration rules and ``limits``."""
+    applies in order within the migration rules and ``limits`` — and, with
+    ``down_sql`` (the last migration's), down and up again after it.
+
+    With ``lint``, return the destructive statements of the last migration's
+    ``up_sql`` (``details.statements`` of DESTRUCTIVE_MIGRATION; empty: none),
+    found in the same child, under the same limits."""
     async with _check_slots():
-        await _check_in_child(chain, limits)
+        return await _check_in_child(chain, limits, down_sql, lint)
 
 
 def _check_slots() -> asyncio.Semaphore:
@@ -62,8 +74,11 @@ def _check_slots() -> asyncio.Semaphore:
     return slots
 
 
-async def _check_in_child(chain: Sequence[tuple[int, str]], limits: CheckLimits) -> None:
-    payload = json.dumps({"chain": [list(item) for item in chain]}).encode()
+async def _check_in_child(
+    chain: Sequence[tuple[int, str]], limits: CheckLimits, down_sql: str | None, lint: bool
+) -> list[dict[str, Any]]:
+    body = {"chain": [list(item) for item in chain], "down_sql": down_sql, "lint": lint}
+    payload = json.dumps(body).encode()
     cpu_seconds = math.ceil(limits.timeout_seconds) + 1  # a backstop: the parent kills first
     child = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -86,14 +101,16 @@ async def _check_in_child(chain: Sequence[tuple[int, str]], limits: CheckLimits)
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
             await child.wait()
-    _judge(child.returncode, out, err, limits)
+    return _judge(child.returncode, out, err, limits)
 
 
-def _judge(returncode: int | None, out: bytes, err: bytes, limits: CheckLimits) -> None:
+def _judge(
+    returncode: int | None, out: bytes, err: bytes, limits: CheckLimits
+) -> list[dict[str, Any]]:
     verdict = _parse(out) if returncode == 0 else None
     if verdict is not None:
         if verdict.get("ok") is True:
-            return
+            return list(verdict.get("destructive") or [])
         error = verdict["error"]
         raise InvalidMigration(str(error["message"]), details=dict(error["details"]))
     if returncode == -signal.SIGXCPU:

@@ -138,13 +138,14 @@ SCHEMAS: dict[str, Any] = {
     "Action": {
         "type": "object",
         "required": ["type"],
-        "description": "apply_schema {version, description, up_sql} | deploy_function "
+        "description": "revert_schema {version, down_sql} (descending, before any "
+        "apply_schema) | apply_schema {version, description, up_sql} | deploy_function "
         "{function_id, name, version, sha256, size_bytes, download_url, url_expires_at} | "
         "remove_function {name, version}",
         "properties": {
             "type": {
                 "type": "string",
-                "enum": ["apply_schema", "deploy_function", "remove_function"],
+                "enum": ["revert_schema", "apply_schema", "deploy_function", "remove_function"],
             }
         },
     },

@@ -108,6 +108,12 @@ class InvalidMigration(BadRequest):
     code = "INVALID_MIGRATION"
 
 
+class DestructiveMigration(BadRequest):
+    """up_sql drops, renames or rewrites what nodes hold; ``allow_destructive`` accepts it."""
+
+    code = "DESTRUCTIVE_MIGRATION"
+
+
 class MalformedRequest(BadRequest):
     """HTTP framing the server cannot parse: request line, headers, chunking, encoding."""
 

@@ -178,6 +178,22 @@ class ApplySchema:
 
 
 @dataclass(frozen=True)
+class RevertSchema:
+    """Go back across migration ``version``: run its ``down_sql`` and forget it.
+
+    In a plan, revert actions come in descending version before any
+    ``apply_schema``, and run in the same transaction as the rest of the plan.
+    """
+
+    version: int
+    down_sql: str
+    type: Literal["revert_schema"] = "revert_schema"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "version": self.version, "down_sql": self.down_sql}
+
+
+@dataclass(frozen=True)
 class DeployFunction:
     function_id: str
     name: str
@@ -214,7 +230,7 @@ class RemoveFunction:
         return {"type": self.type, "name": self.name, "version": self.version}
 
 
-Action = ApplySchema | DeployFunction | RemoveFunction
+Action = ApplySchema | RevertSchema | DeployFunction | RemoveFunction
 
 
 def action_from_dict(body: Any, where: str) -> Action:
@@ -224,6 +240,11 @@ def action_from_dict(body: Any, where: str) -> Action:
             _require(body, "version", int, where),
             str(body.get("description") or ""),
             _require(body, "up_sql", str, where),
+        )
+    if kind == "revert_schema":
+        return RevertSchema(
+            _schema_version(_require(body, "version", int, where), f"{where}.version"),
+            _require(body, "down_sql", str, where),
         )
     if kind == "deploy_function":
         return DeployFunction(
@@ -241,6 +262,32 @@ def action_from_dict(body: Any, where: str) -> Action:
             validate_version(_require(body, "version", str, where)),
         )
     raise ValidationFailed(f"{where}.type {kind!r} is unknown", details={"field": f"{where}.type"})
+
+
+def _schema_version(version: int, where: str) -> int:
+    if not 1 <= version <= SCHEMA_VERSION_MAX:
+        raise ValidationFailed(
+            f"{where} must be from 1 to {SCHEMA_VERSION_MAX}", details={"field": where}
+        )
+    return version
+
+
+def check_schema_order(actions: tuple[Action, ...]) -> None:
+    """The order rule of schema actions: ``revert_schema`` in descending version,
+    all before the first ``apply_schema``. Raises :class:`ValidationFailed`."""
+    last_revert: int | None = None
+    applying = False
+    for index, action in enumerate(actions):
+        if isinstance(action, ApplySchema):
+            applying = True
+        elif isinstance(action, RevertSchema):
+            if applying or (last_revert is not None and action.version >= last_revert):
+                raise ValidationFailed(
+                    "revert_schema actions must come in descending version,"
+                    " before any apply_schema",
+                    details={"field": f"plan.actions[{index}]"},
+                )
+            last_revert = action.version
 
 
 # -- plan and ack ---------------------------------------------------------------------
@@ -270,12 +317,14 @@ class Plan:
     @classmethod
     def from_dict(cls, body: Any) -> Plan:
         sync_id = body.get("sync_id") if isinstance(body, dict) else None
-        actions = _require(body, "actions", list, "plan")
+        items = _require(body, "actions", list, "plan")
+        actions = tuple(action_from_dict(a, f"plan.actions[{i}]") for i, a in enumerate(items))
+        check_schema_order(actions)
         return cls(
             sync_id=sync_id if isinstance(sync_id, str) else None,
             etag=_require(body, "etag", str, "plan"),
             target=NodeState.from_dict(_require(body, "target", dict, "plan"), "plan.target"),
-            actions=tuple(action_from_dict(a, f"plan.actions[{i}]") for i, a in enumerate(actions)),
+            actions=actions,
         )
 
 

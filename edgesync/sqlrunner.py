@@ -16,7 +16,8 @@ side turns into its own error code.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from edgesync.sqlguard import WHY, MigrationRules
@@ -60,11 +61,15 @@ class ScriptFailed(Exception):
         self.statement_index = statement_index
         self.rule = rule
         self.version: int | None = None  # set by whoever knows which migration ran
+        self.phase: str | None = None  # which pass of a chain: up, down, revert, ...
 
     @property
     def message(self) -> str:
-        """What failed, naming the migration when it is known."""
-        return f"migration {self.version}: {self.problem}" if self.version else self.problem
+        """What failed, naming the migration (and the pass over it) when known."""
+        where = f"migration {self.version}" if self.version else ""
+        if self.phase is not None:
+            where = f"{where} ({self.phase})".strip()
+        return f"{where}: {self.problem}" if where else self.problem
 
     def __str__(self) -> str:
         return self.message
@@ -72,7 +77,7 @@ class ScriptFailed(Exception):
     @property
     def details(self) -> dict[str, Any]:
         details: dict[str, Any] = {"reason": self.reason, "sql_error": self.sql_error}
-        for key in ("version", "statement_index", "rule"):
+        for key in ("version", "phase", "statement_index", "rule"):
             if getattr(self, key) is not None:
                 details[key] = getattr(self, key)
         return details
@@ -200,11 +205,24 @@ def dry_run(
     migrations: Sequence[tuple[int, str]],
     *,
     deadline_seconds: float | None = None,
+    reverts: Sequence[tuple[int, str]] = (),
 ) -> None:
-    """Apply ``migrations`` ((version, sql), in order) under :class:`MigrationRules`
-    to a stdlib in-memory database that first gets ``schema`` ((name, sql) rows of
-    ``sqlite_master``, no data). Raises :class:`ScriptFailed` with ``version`` set.
-    Nothing but that scratch database is ever opened."""
+    """Apply ``reverts`` ((version, down_sql), phase ``revert``), then ``migrations``
+    ((version, up_sql), phase ``apply`` when there were reverts), in order, under
+    :class:`MigrationRules` to a stdlib in-memory database that first gets ``schema``
+    ((name, sql) rows of ``sqlite_master``, no data). Raises :class:`ScriptFailed`
+    with ``version`` set. Nothing but that scratch database is ever opened."""
+    with scratch_database(schema, deadline_seconds=deadline_seconds) as (connection, rules):
+        run_chain(connection, reverts, rules=rules, phase="revert")
+        run_chain(connection, migrations, rules=rules, phase="apply" if reverts else None)
+
+
+@contextmanager
+def scratch_database(
+    schema: Sequence[tuple[str, str]], *, deadline_seconds: float | None = None
+) -> Iterator[tuple[sqlite3.Connection, MigrationRules]]:
+    """A stdlib in-memory database holding ``schema``, in a transaction, with
+    :class:`MigrationRules` installed; rolled back and closed after the block."""
     connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
         connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
@@ -213,21 +231,27 @@ def dry_run(
         _copy_schema(connection, schema)
         rules = MigrationRules(deadline_seconds)
         with rules.installed(connection):
-            run_chain(connection, migrations, rules=rules)
+            yield connection, rules
         connection.rollback()
     finally:
         connection.close()
 
 
 def run_chain(
-    connection: Any, migrations: Sequence[tuple[int, str]], *, rules: MigrationRules | None = None
+    connection: Any,
+    migrations: Sequence[tuple[int, str]],
+    *,
+    rules: MigrationRules | None = None,
+    phase: str | None = None,
 ) -> None:
-    """:func:`run_script` for each (version, sql) in order; failures name their version."""
+    """:func:`run_script` for each (version, sql) in order; failures name their
+    version (and ``phase``, when given)."""
     for version, script in migrations:
         try:
             run_script(connection, script, rules=rules)
         except ScriptFailed as failure:
             failure.version = version
+            failure.phase = phase
             raise
 
 

@@ -1,5 +1,9 @@
 """Schema migrations for the nodes' edge databases: append-only, checked on entry
-(in a child process with time and memory limits: :mod:`appliance.migration_check`)."""
+(in a child process with time and memory limits: :mod:`appliance.migration_check`).
+
+The check applies the chain (and, with a ``down_sql``, down and up again) and
+lints ``up_sql`` for destructive statements (:mod:`appliance.migration_lint`):
+those are refused with DESTRUCTIVE_MIGRATION unless ``allow_destructive``."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from appliance.api.common import json_response, optional_str, principal, read_js
 from appliance.migration_check import CheckLimits, check_chain
 from appliance.services import services
 from appliance.store.records import MigrationRecord
-from edgesync.errors import SchemaVersionConflict, ValidationFailed
+from edgesync.errors import DestructiveMigration, SchemaVersionConflict, ValidationFailed
 from edgesync.protocol import SCHEMA_VERSION_MAX, format_time, utcnow
 
 routes = web.RouteTableDef()
@@ -37,7 +41,16 @@ async def add_migration(request: web.Request) -> web.Response:
     if not isinstance(up_sql, str) or not up_sql.strip() or len(up_sql) > SQL_LIMIT:
         raise ValidationFailed("up_sql must be non-empty SQL text", details={"field": "up_sql"})
     down_sql = optional_str(body, "down_sql", SQL_LIMIT)
+    if down_sql is not None and not down_sql.strip():
+        raise ValidationFailed(
+            "down_sql must be non-empty SQL text when given", details={"field": "down_sql"}
+        )
     description = optional_str(body, "description", 500) or ""
+    allow_destructive = body.get("allow_destructive", False)
+    if not isinstance(allow_destructive, bool):
+        raise ValidationFailed(
+            "allow_destructive must be true or false", details={"field": "allow_destructive"}
+        )
     config = services(request).config
     store = services(request).store
     accepted = await store.list_migrations()
@@ -52,7 +65,13 @@ async def add_migration(request: web.Request) -> web.Response:
         timeout_seconds=config.migration_check_timeout,
         memory_bytes=config.migration_check_memory_mb * 1024 * 1024,
     )
-    await check_chain(chain, limits)
+    destructive = await check_chain(chain, limits, down_sql=down_sql, lint=not allow_destructive)
+    if destructive:
+        raise DestructiveMigration(
+            f"up_sql holds {len(destructive)} destructive statement(s);"
+            " send allow_destructive: true to accept them",
+            details={"version": version, "statements": destructive},
+        )
     record = MigrationRecord(
         version=version,
         description=description,

@@ -141,16 +141,30 @@ def schema() -> None:
 )
 @click.option("--down", "down_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--description", default="", help="What the migration does.")
+@click.option(
+    "--allow-destructive",
+    is_flag=True,
+    help="Accept DROP, a table rename, DELETE or UPDATE without WHERE in the up SQL.",
+)
 @api_command
 def schema_add(
-    client: ApiClient, version: int, up_file: Path, down_file: Path | None, description: str
+    client: ApiClient,
+    version: int,
+    up_file: Path,
+    down_file: Path | None,
+    description: str,
+    allow_destructive: bool,
 ) -> None:
-    """Append migration VERSION (must be one past the highest)."""
+    """Append migration VERSION (must be one past the highest).
+
+    With --down, the down SQL is checked too: up, down, then up again must apply.
+    """
     body = {
         "version": version,
         "description": description,
         "up_sql": _sql_file(up_file),
         "down_sql": _sql_file(down_file) if down_file else None,
+        "allow_destructive": allow_destructive,
     }
     emit(client.request("POST", "/api/v1/schemas", body))
 

@@ -219,8 +219,15 @@ class ControlPlane:
         created: dict[str, Any] = await self.json("POST", "/api/v1/functions", 201, data=form)
         return created
 
-    async def add_schema(self, version: int, up_sql: str, description: str = "") -> None:
-        body = {"version": version, "description": description or f"v{version}", "up_sql": up_sql}
+    async def add_schema(
+        self, version: int, up_sql: str, description: str = "", **extra: Any
+    ) -> None:
+        body = {
+            "version": version,
+            "description": description or f"v{version}",
+            "up_sql": up_sql,
+            **extra,
+        }
         await self.json("POST", "/api/v1/schemas", 201, json=body)
 
     async def delete_function(self, function_id: str) -> None:

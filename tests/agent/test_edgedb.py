@@ -130,7 +130,7 @@ def test_the_apply_itself_refuses_what_a_missed_dry_run_would_let_through(
     """Second layer: with the dry run out of the way, the real apply still refuses
     (the authorizer on sqlite3; compiled programs and after-checks on libsql)."""
     before = released_once(database)
-    monkeypatch.setattr("agent.edgedb._prove", lambda connection, migrations: None)
+    monkeypatch.setattr("agent.edgedb._prove", lambda *steps: None)
     assert_refused_untouched(database, before, ESCAPES[name], tmp_path)
 
 
@@ -140,7 +140,7 @@ def test_the_sqlite3_driver_enforces_the_rules_on_the_real_connection(
     database = EdgeDatabase(tmp_path / "edge.db", driver="sqlite3")
     try:
         before = released_once(database)
-        monkeypatch.setattr("agent.edgedb._prove", lambda connection, migrations: None)
+        monkeypatch.setattr("agent.edgedb._prove", lambda *steps: None)
         for up_sql in RULES_ONLY.values():
             failure = assert_refused_untouched(database, before, up_sql, tmp_path)
             assert failure.details["rule"] in ("PRAGMA", "RESERVED")

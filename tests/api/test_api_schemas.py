@@ -1,4 +1,5 @@
-"""Schema migrations: append-only by one, checked by applying the chain."""
+"""Schema migrations: append-only by one, checked by applying the chain (and with a
+down_sql, down and up again), linted for destructive statements."""
 
 from __future__ import annotations
 
@@ -116,6 +117,9 @@ async def test_migration_is_checked_against_the_whole_chain(api: Api) -> None:
         {"version": 1, "up_sql": ["SELECT 1;"]},
         {"version": 1, "up_sql": "SELECT 1;", "description": 5},
         {"version": 1, "up_sql": "SELECT 1;", "down_sql": 5},
+        {"version": 1, "up_sql": "SELECT 1;", "down_sql": "  "},
+        {"version": 1, "up_sql": "SELECT 1;", "allow_destructive": "yes"},
+        {"version": 1, "up_sql": "SELECT 1;", "allow_destructive": 1},
     ],
 )
 async def test_migration_validation_failed(api: Api, body: dict[str, object]) -> None:
@@ -129,3 +133,73 @@ async def test_comment_only_migration_is_invalid(api: Api) -> None:
     )
     error = await expect_error(response, 400, "INVALID_MIGRATION")
     assert error["details"]["sql_error"]
+
+
+async def test_destructive_statements_are_refused_with_each_listed(api: Api) -> None:
+    await api.add_schema(1, "CREATE TABLE t (a, b);\nCREATE TABLE log (line);")
+    up_sql = (
+        "-- a rewrite\nCREATE TABLE t2 (a);\n"
+        'drop table "t";\n'
+        "ALTER TABLE t2 RENAME TO t;\n"
+        "DELETE FROM log WHERE 1;\n"
+        "WITH x(n) AS (VALUES (1)) UPDATE log SET line = NULL;"
+    )
+    response = await api.post(
+        "/api/v1/schemas", json={"version": 2, "up_sql": up_sql}, headers=ADMIN
+    )
+    error = await expect_error(response, 400, "DESTRUCTIVE_MIGRATION")
+    statements = error["details"]["statements"]
+    assert [(s["index"], s["kind"]) for s in statements] == [
+        (1, "drop"),
+        (2, "rename_table"),
+        (4, "update_without_where"),
+    ]
+    assert statements[0]["statement"] == 'drop table "t";' and statements[0]["reason"]
+    assert error["details"]["version"] == 2
+    listed = await api.json("GET", "/api/v1/schemas", headers=ADMIN)
+    assert [m["version"] for m in listed["migrations"]] == [1]
+
+    accepted = await api.add_schema(2, up_sql, allow_destructive=True)
+    assert accepted["version"] == 2
+
+
+async def test_an_invalid_destructive_migration_is_invalid_first(api: Api) -> None:
+    response = await api.post(
+        "/api/v1/schemas", json={"version": 1, "up_sql": "DROP TABLE missing;"}, headers=ADMIN
+    )
+    error = await expect_error(response, 400, "INVALID_MIGRATION")
+    assert "missing" in error["details"]["sql_error"]
+
+
+async def test_down_sql_is_not_linted_and_must_undo_up(api: Api) -> None:
+    up = "CREATE TABLE t (a);\nCREATE INDEX t_a ON t (a);"
+    created = await api.add_schema(1, up, down_sql="DROP INDEX t_a;\nDROP TABLE t;")
+    assert created["down_sql"] == "DROP INDEX t_a;\nDROP TABLE t;"
+
+
+@pytest.mark.parametrize(
+    ("down_sql", "phase", "fragment"),
+    [
+        ("DROP TABLE nope;", "down", "nope"),  # does not apply after up
+        ("DROP INDEX t_a;", "up_again", "already exists"),  # leaves t: up cannot run again
+        ("SELECT 1;\n/**/COMMIT;", "down", "transaction"),  # the same rules as up_sql
+        ("-- nothing", "down", "empty"),
+    ],
+)
+async def test_down_sql_is_checked_up_down_up(
+    api: Api, down_sql: str, phase: str, fragment: str
+) -> None:
+    await api.add_schema(1, "CREATE TABLE keep (x);")
+    up = "CREATE TABLE t (a);\nCREATE INDEX t_a ON t (a);"
+    response = await api.post(
+        "/api/v1/schemas",
+        json={"version": 2, "up_sql": up, "down_sql": down_sql},
+        headers=ADMIN,
+    )
+    error = await expect_error(response, 400, "INVALID_MIGRATION")
+    details = error["details"]
+    assert details["phase"] == phase and details["version"] == 2
+    assert fragment in details["sql_error"] + details["reason"]
+    assert f"({phase})" in error["message"]
+    listed = await api.json("GET", "/api/v1/schemas", headers=ADMIN)
+    assert [m["version"] for m in listed["migrations"]] == [1]
