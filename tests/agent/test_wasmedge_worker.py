@@ -237,3 +237,72 @@ def test_the_pool_size_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
             default_workers()
     monkeypatch.delenv("EDGESYNC_WASMEDGE_WORKERS")
     assert default_workers() == max(2, os.cpu_count() or 1)
+
+
+async def test_prepare_many_compiles_in_parallel_and_leaves_a_working_pool(
+    runtime: WasmEdgeRuntime, data_dir: Path
+) -> None:
+    # Tagged copies of the echo module: distinct hashes, one AOT compile each.
+    modules = [
+        store_module(
+            data_dir, wasm_of(ECHO.replace("(memory", f'(data (i32.const 9000) "{i}") (memory', 1))
+        )
+        for i in range(4)
+    ]
+    runtime.prepare_many(modules)
+    for sha, _ in modules:
+        assert list(compiled_dir(data_dir).glob(f"wasmedge-{sha}.*.so"))
+    # The compile workers outlive the threads that started them.
+    sha, path = store_module(data_dir, wasm_of(ENVIRON))
+    runtime.prepare(sha, path)
+    runtime.activate(
+        {f"f{i}": FunctionRef(f"f{i}", "1", sha) for i, (sha, _) in enumerate(modules)}
+    )
+    assert (await runtime.invoke("f3", b"tagged", {}, LIMITS)).stdout == b"tagged"
+
+
+AGENT_WITH_ENDLESS_CALL = """
+import asyncio, hashlib, sys
+from pathlib import Path
+from agent.runtime.base import Limits, module_path
+from agent.runtime.wasmedge.discovery import find_installation
+from agent.runtime.wasmedge.runtime import WasmEdgeRuntime
+from edgesync.protocol import FunctionRef
+
+data_dir, wasm = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes()
+sha = hashlib.sha256(wasm).hexdigest()
+path = module_path(data_dir, sha)
+path.parent.mkdir(parents=True)
+path.write_bytes(wasm)
+runtime = WasmEdgeRuntime(data_dir, find_installation(), workers=1)
+runtime.prepare(sha, path)
+runtime.activate({"loop": FunctionRef("loop", "1", sha)})
+async def main():
+    call = asyncio.ensure_future(runtime.invoke("loop", b"", {}, Limits(600.0)))
+    while not runtime.worker_pids(busy_only=True):
+        await asyncio.sleep(0.01)
+    print(*runtime.worker_pids(busy_only=True), runtime._compilers._idle[0].process.pid, flush=True)
+    await call
+asyncio.run(main())
+"""
+
+
+async def test_workers_end_with_a_killed_agent(tmp_path: Path) -> None:
+    _wasmedge_or_skip()
+    module = tmp_path / "loop.wasm"
+    module.write_bytes(wasm_of(LOOP))
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        AGENT_WITH_ENDLESS_CALL,
+        str(tmp_path / "node"),
+        str(module),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
+    assert agent.stdout is not None
+    line = await asyncio.wait_for(agent.stdout.readline(), 120)
+    running, idle = (int(pid) for pid in line.split())
+    agent.kill()  # kill -9: no cleanup runs
+    await agent.wait()
+    await _until(lambda: not _alive(running) and not _alive(idle))

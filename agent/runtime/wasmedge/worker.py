@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import signal
 import socket
 import sys
 import threading
@@ -43,7 +42,6 @@ STDERR_LIMIT = 1024 * 1024
 #: ``(module (func (export "noop")))``: run on each executor once to get its stop
 #: handle, and again to consume a stop that arrived after its call had ended.
 NOOP_WASM = bytes.fromhex("0061736d0100000001040160000003020100070801046e6f6f7000000a040102000b")
-PR_SET_PDEATHSIG = 1
 START, MEMORY = capi.wrap(b"_start"), capi.wrap(b"memory")
 
 
@@ -101,15 +99,17 @@ def load_module(
 
 
 class Watchdog(threading.Thread):
-    """Stops the running call at its deadline; cuts stdout past its limit.
+    """Stops the running call at its deadline; cuts stdout past its limit; ends the
+    process when the agent is gone (idle, the worker sees its socket close instead).
 
     It polls every :data:`POLL_SECONDS` while calls come, and sleeps for good after
     :data:`LINGER_SECONDS` without one: back-to-back calls cost it no wake-up (a
     notify per call is a thread switch per call), an idle worker no CPU.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, parent: int) -> None:
         super().__init__(name="watchdog", daemon=True)
+        self.parent = parent
         self.cond = threading.Condition()
         self.executor: Executor | None = None
         self.deadline = 0.0
@@ -145,6 +145,8 @@ class Watchdog(threading.Thread):
                     self.asleep = False
                     continue
                 last_call = now
+                if os.getppid() != self.parent:  # the agent died: so does its guest
+                    os._exit(1)
                 if not self.stopped and now >= self.deadline:
                     self.timed_out = self.stopped = True
                     self.executor.stop()
@@ -167,12 +169,12 @@ class Watchdog(threading.Thread):
 
 
 class Worker:
-    def __init__(self, lib: capi.WasmEdgeLibrary) -> None:
+    def __init__(self, lib: capi.WasmEdgeLibrary, parent: int) -> None:
         self.lib = lib
         self.modules: dict[str, ctypes.c_void_p] = {}
         self.executors: dict[int, Executor] = {}
         self.load_conf = lib.ConfigureCreate()
-        self.watchdog = Watchdog()
+        self.watchdog = Watchdog(parent)
         self.watchdog.start()
         for fd in (0, 1, 2):
             self._fresh_stdio(fd)
@@ -291,19 +293,8 @@ class Worker:
             lib.ConfigureDelete(conf)
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL when the agent dies, so no worker outlives it (even one stuck in a guest)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(0)
-
-
-def serve(channel: socket.socket, lib: capi.WasmEdgeLibrary) -> None:
-    worker = Worker(lib)
+def serve(channel: socket.socket, lib: capi.WasmEdgeLibrary, parent: int) -> None:
+    worker = Worker(lib, parent)
     while (frame := read_frame(channel)) is not None:
         request, blob = frame
         worker.forget(request.get("forget", []))
@@ -317,7 +308,8 @@ def serve(channel: socket.socket, lib: capi.WasmEdgeLibrary) -> None:
 
 def main(argv: list[str]) -> int:
     library, fd, parent = argv[1], int(argv[2]), int(argv[3])
-    _die_with_parent(parent)
+    if os.getppid() != parent:  # the agent is gone already
+        return 0
     channel = socket.socket(fileno=fd)
     # Keep a way to report: fds 0-2 become the guests' stdio below.
     sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
@@ -330,7 +322,7 @@ def main(argv: list[str]) -> int:
         write_frame(channel, {"status": "error", "message": f"cannot load {library}: {exc}"})
         return 1
     write_frame(channel, {"status": "ready", "version": version, "pid": os.getpid()})
-    serve(channel, lib)
+    serve(channel, lib, parent)
     return 0
 
 
