@@ -4,21 +4,30 @@ The integration tests (``test_agent_*.py``) get a real control plane on a
 loopback port (``control_plane``), a factory of in-process agents that are
 closed after the test (``make_agent``) and a list that kills every agent
 subprocess a test leaves running (``agent_processes``). Helpers live in
-``agent_support.py`` beside this file.
+``agent_support.py`` beside this file. ``database``: the node's database, once
+through libsql and once through the stdlib sqlite3 (the aarch64 zipapp's driver).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_support import AgentProcess, ControlPlane, new_agent
 
+from agent.edgedb import EdgeDatabase
 from agent.loop import Agent
 
 AgentFactory = Callable[..., Awaitable[Agent]]
+
+
+@pytest.fixture(params=["libsql", "sqlite3"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EdgeDatabase]:
+    db = EdgeDatabase(tmp_path / "edge.db", driver=request.param)
+    yield db
+    db.close()
 
 
 @pytest.fixture

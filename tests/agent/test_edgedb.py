@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from edgesync.protocol import ApplySchema, FunctionRef, NodeState
 
 SHA = "ab" * 32
 HELLO = FunctionRef("hello", "1.0.0", SHA)
-
-
-@pytest.fixture(params=["libsql", "sqlite3"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EdgeDatabase]:
-    db = EdgeDatabase(tmp_path / "edge.db", driver=request.param)
-    yield db
-    db.close()
 
 
 def test_a_release_commits_whole(database: EdgeDatabase) -> None:
