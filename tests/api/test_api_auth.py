@@ -494,3 +494,11 @@ async def test_authorization_header_with_odd_characters_is_401(api: Api, value: 
     response = await api.get("/api/v1/nodes", headers={"Authorization": value})
     error = await expect_error(response, 401, "UNAUTHORIZED")
     assert ADMIN_TOKEN[:8] not in str(error)
+
+
+async def test_head_requests_follow_their_get_routes_access(api: Api) -> None:
+    # aiohttp answers HEAD through the GET route: the same rule must apply.
+    response = await api.client.head("/api/v1/nodes")
+    assert response.status == 401
+    assert (await api.client.head("/api/v1/nodes", headers=ADMIN)).status == 200
+    assert (await api.client.head("/healthz")).status == 200
