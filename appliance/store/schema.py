@@ -184,4 +184,12 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         ALTER TABLE sync_records ADD COLUMN ignored_acks INTEGER NOT NULL DEFAULT 0;
         """,
     ),
+    ControlPlaneMigration(
+        7,
+        "liveness is written in batches: no index on the ever-increasing offline_after"
+        " (a write hot spot on CockroachDB; status filters scan in created_at order)",
+        """
+        DROP INDEX IF EXISTS idx_nodes_offline_after;
+        """,
+    ),
 )
