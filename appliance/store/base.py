@@ -1,4 +1,4 @@
-"""The store's core: transactions in a retry loop, migrations, the fleet generation.
+"""The store's core: transactions in a retry loop, the fleet generation.
 
 Runs unchanged on SQLite and PostgreSQL/CockroachDB (see ``db.py``). Every write
 goes through :meth:`StoreBase._write`, a transaction in a retry loop on
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -23,13 +22,11 @@ from typing import Any, TypeVar
 from appliance.store.db import (
     Connection,
     Database,
-    DatabaseError,
-    DatabaseUnavailable,
     Row,
     SerializationFailure,
 )
+from appliance.store.migrate import run_migrations
 from appliance.store.records import FleetChange, NodeStamp
-from appliance.store.schema import MIGRATIONS, ControlPlaneMigration
 from edgesync.errors import ServiceUnavailable, ValidationFailed
 from edgesync.protocol import format_time
 
@@ -80,63 +77,8 @@ class StoreBase:
     # -- lifecycle ------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Apply pending control-plane migrations; return the schema version.
-
-        Replicas starting together on a fresh database race here. Each
-        migration re-checks its record inside its transaction; when two still
-        run the same DDL at once, the loser's statement fails (a duplicate
-        table or catalog key) and it moves on once it sees the winner's record.
-        """
-        await self._create_migrations_table()
-        for migration in MIGRATIONS:
-            if migration.version <= await self._migration_version():
-                continue
-            try:
-                await self._write(functools.partial(self._apply_migration, migration))
-            except DatabaseUnavailable:
-                raise
-            except DatabaseError:
-                if await self._migration_version() < migration.version:
-                    raise
-        return await self._migration_version()
-
-    async def _create_migrations_table(self) -> None:
-        for attempt in range(2):
-            try:
-                async with self.db.transaction() as tx:
-                    await tx.execute(
-                        "CREATE TABLE IF NOT EXISTS control_plane_migrations ("
-                        " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
-                        " applied_at TEXT NOT NULL)"
-                    )
-                return
-            except DatabaseUnavailable:
-                raise
-            except DatabaseError:
-                # PostgreSQL's IF NOT EXISTS is not atomic: a replica creating the
-                # table at the same moment makes ours fail once; then it exists.
-                if attempt == 1:
-                    raise
-
-    async def _apply_migration(self, migration: ControlPlaneMigration, tx: Connection) -> None:
-        # Re-check inside the transaction: another replica may have won.
-        row = await tx.fetchone(
-            "SELECT version FROM control_plane_migrations WHERE version = ?",
-            (migration.version,),
-        )
-        if row is not None:
-            return
-        for statement in migration.statements():
-            await tx.execute(statement)
-        await tx.execute(
-            "INSERT INTO control_plane_migrations (version, description, applied_at)"
-            " VALUES (?, ?, ?)",
-            (migration.version, migration.description, format_time(now())),
-        )
-
-    async def _migration_version(self) -> int:
-        row = await self.db.fetchone("SELECT MAX(version) AS v FROM control_plane_migrations")
-        return int(row["v"]) if row and row["v"] is not None else 0
+        """Apply pending control-plane migrations; return the schema version."""
+        return await run_migrations(self.db, self._write)
 
     async def _write_with_retries(self, body: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``body`` in a write transaction, retrying serialization failures."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_store import add_node, enrollment
 
-from appliance.store import base
+from appliance.store import migrate
 from appliance.store.db import open_database
 from appliance.store.records import NodeRecord
 from appliance.store.schema import MIGRATIONS
@@ -19,7 +19,7 @@ async def test_upgrading_remembers_the_tokens_nodes_hold(
     database = await open_database(database_url)
     try:
         store = Store(database)
-        monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:5])
+        monkeypatch.setattr(migrate, "MIGRATIONS", MIGRATIONS[:5])
         assert await store.migrate() == 5
         token_id = await enrollment(store)
         node = await _node_before_upgrade(store, token_id, monkeypatch)
@@ -27,7 +27,7 @@ async def test_upgrading_remembers_the_tokens_nodes_hold(
         await database.execute(
             "UPDATE nodes SET previous_token_jti = ? WHERE id = ?", ("0" * 32, node.id)
         )
-        monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS)
+        monkeypatch.setattr(migrate, "MIGRATIONS", MIGRATIONS)
         assert await store.migrate() == MIGRATIONS[-1].version
         for held in (node.token_jti, "0" * 32):
             assert not await store.rotate_token(node.id, node.token_jti, held, "h", "x")
