@@ -175,8 +175,10 @@ async def test_an_outage_is_logged_when_it_starts_and_when_it_ends(
     lines = agent_lines(agent)
     warnings = [message for level, message in lines if level in ("WARNING", "ERROR")]
     assert len(warnings) == 1, agent.log()
-    assert warnings[0].startswith(f"lost the control plane: cannot reach {cp.url}: ")
-    assert "(UNREACHABLE)" in warnings[0] and "ssl:default" not in warnings[0]
+    # Usually "cannot reach http://…: connection refused (UNREACHABLE)"; a poll caught
+    # by the shutdown itself may see the server close or answer 503 first.
+    assert warnings[0].startswith("lost the control plane: "), warnings
+    assert "ssl:default" not in warnings[0] and "Cannot connect" not in warnings[0]
     back = [message for level, message in lines if level == "INFO" and "again" in message]
     assert len(back) == 1, agent.log()
     assert back[0].startswith(f"control plane {cp.url} reachable again after ")
