@@ -237,7 +237,7 @@ def action_from_dict(body: Any, where: str) -> Action:
     kind = _require(body, "type", str, where)
     if kind == "apply_schema":
         return ApplySchema(
-            _require(body, "version", int, where),
+            _schema_version(_require(body, "version", int, where), f"{where}.version"),
             str(body.get("description") or ""),
             _require(body, "up_sql", str, where),
         )
