@@ -17,6 +17,12 @@ from edgesync.protocol import Ack, NodeState, Plan
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
 # Everything that means "could not talk to the server" (TimeoutError is an OSError).
 NETWORK_ERRORS = (aiohttp.ClientError, OSError)
+# Idle connections are kept this long (aiohttp's default is 15 s): longer than the
+# default 30 s poll interval's longest jittered wait (33 s), so a node keeps one
+# connection, and under TLS one handshake, across intervals; shorter than the
+# server's keep-alive (at least 75 s, ServeConfig.keepalive_seconds), so the server
+# never closes a connection just as the agent reuses it. Figures: docs/benchmarks.md.
+KEEPALIVE_SECONDS = 60.0
 
 
 class ControlPlane:
@@ -46,7 +52,9 @@ class ControlPlane:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=TIMEOUT, headers={"User-Agent": f"edgesync-agent/{agent_version}"}
+                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS),
+                timeout=TIMEOUT,
+                headers={"User-Agent": f"edgesync-agent/{agent_version}"},
             )
         return self._session
 

@@ -25,6 +25,8 @@ class ServeConfig:
     admin_token: str | None = None
     node_token_ttl_days: int = 90
     plan_cache_ttl_seconds: int = 300
+    # bcrypt cost of new enrollment-token hashes (--bcrypt-cost: lower only for
+    # benchmarks and tests, which enroll thousands of nodes).
     bcrypt_rounds: int = 12
     access_log: bool = True
     # Slow clients (edgesync.http_server.ReadDeadlines): seconds for a request's
@@ -54,6 +56,14 @@ class ServeConfig:
     # Limits of the child process that checks a proposed migration chain.
     migration_check_timeout: float = 10.0
     migration_check_memory_mb: int = 256
+
+    @property
+    def keepalive_seconds(self) -> float:
+        """How long an idle client connection stays open: longer than an agent's longest
+        wait between polls (the interval + 10 % jitter), so an agent keeps one connection
+        (and, under TLS, one handshake) across intervals; never under aiohttp's 75 s.
+        The cost is memory per idle connection (docs/benchmarks.md, "Connections")."""
+        return max(75.0, self.poll_interval_seconds * 1.1 + 15.0)
 
     @property
     def resolved_database_url(self) -> str:
@@ -107,6 +117,8 @@ class ServeConfig:
             raise ValueError("--body-timeout must be between 1 and 3600 seconds")
         if self.url_ttl_seconds < 10:
             raise ValueError("--url-ttl must be at least 10 seconds")
+        if not 4 <= self.bcrypt_rounds <= 31:
+            raise ValueError("--bcrypt-cost must be between 4 and 31")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.artifact_delivery not in ("direct", "proxy"):

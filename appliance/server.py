@@ -97,6 +97,7 @@ def _serve(config: ServeConfig, context: ssl.SSLContext | None, port: int) -> No
                 header_seconds=config.header_timeout_seconds,
                 body_seconds=config.body_timeout_seconds,
                 body_min_rate=config.body_min_rate,
+                keepalive_seconds=config.keepalive_seconds,
             ),
             shutdown_timeout=10,
         )

@@ -133,6 +133,15 @@ import click
     help="Seconds the check of a proposed migration may run (in a child process).",
 )
 @click.option(
+    "--bcrypt-cost",
+    default=12,
+    show_default=True,
+    type=click.IntRange(4, 31),
+    envvar="EDGESYNC_BCRYPT_COST",
+    help="bcrypt cost of new enrollment-token hashes. For benchmarks and tests only"
+    " (a fleet simulator enrolls thousands of nodes); keep 12 in production.",
+)
+@click.option(
     "--migration-check-memory",
     default=256,
     show_default=True,
@@ -168,6 +177,7 @@ def serve(
     mqtt_watch_interval: float,
     migration_check_timeout: float,
     migration_check_memory: int,
+    bcrypt_cost: int,
 ) -> None:
     """Run the control plane (REST API, artifact store, metrics)."""
     from appliance.config import ServeConfig
@@ -210,6 +220,7 @@ def serve(
         mqtt_watch_interval=mqtt_watch_interval,
         migration_check_timeout=migration_check_timeout,
         migration_check_memory_mb=migration_check_memory,
+        bcrypt_rounds=bcrypt_cost,
     )
     try:
         config.validate()
