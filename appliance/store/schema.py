@@ -192,4 +192,67 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         DROP INDEX IF EXISTS idx_nodes_offline_after;
         """,
     ),
+    ControlPlaneMigration(
+        8,
+        "releases and rollouts: numbered release snapshots, node assignment and pins,"
+        " fleet settings, rollouts with their nodes, function counters, the engine lease",
+        """
+        CREATE TABLE IF NOT EXISTS releases (
+            id TEXT PRIMARY KEY,
+            number BIGINT NOT NULL,
+            schema_version INTEGER NOT NULL,
+            functions TEXT NOT NULL,
+            notes TEXT,
+            origin TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS idx_releases_number ON releases (number);
+        ALTER TABLE nodes ADD COLUMN release_id TEXT;
+        ALTER TABLE nodes ADD COLUMN pinned_release_id TEXT;
+        ALTER TABLE fleet_state ADD COLUMN auto_release INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE fleet_state ADD COLUMN default_release_id TEXT;
+        ALTER TABLE functions ADD COLUMN requires_schema INTEGER NOT NULL DEFAULT 0;
+
+        CREATE TABLE IF NOT EXISTS rollouts (
+            id TEXT PRIMARY KEY,
+            release_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            waves TEXT NOT NULL,
+            current_wave INTEGER NOT NULL DEFAULT 0,
+            wave_started_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_rollouts_state ON rollouts (state, created_at);
+        CREATE TABLE IF NOT EXISTS rollout_nodes (
+            rollout_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            wave_index INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            previous_release_id TEXT,
+            state TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            given_at TEXT,
+            PRIMARY KEY (rollout_id, node_id)
+        );
+        CREATE INDEX IF NOT EXISTS idx_rollout_nodes_node ON rollout_nodes (node_id, active);
+        CREATE TABLE IF NOT EXISTS function_counters (
+            node_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            invocations BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            reported_at TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_function_counters_node
+            ON function_counters (node_id, reported_at);
+        CREATE TABLE IF NOT EXISTS rollout_lease (
+            id INTEGER PRIMARY KEY,
+            owner TEXT,
+            expires_at TEXT NOT NULL
+        );
+        INSERT INTO rollout_lease (id, owner, expires_at) VALUES (1, NULL, '')
+            ON CONFLICT (id) DO NOTHING;
+        """,
+    ),
 )
