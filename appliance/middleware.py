@@ -107,7 +107,7 @@ def _dependency_errors(exc: Exception, request: web.Request) -> EdgesyncError | 
         return ServiceUnavailable("the database is unavailable; retry later")
     if isinstance(exc, ArtifactStoreUnavailable):
         error_log.warning(
-            "artifact store unavailable during %s %s", request.method, request.raw_path
+            "artifact store unavailable during %s %s", request.method, request.rel_url.raw_path
         )
         return ServiceUnavailable("the artifact store is unavailable; retry later")
     return None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 import pytest
 from api_support import ADMIN, Api, check_error, expect_error
 from yarl import URL
+
+from appliance.artifacts import ArtifactStoreUnavailable
 
 
 @pytest.mark.parametrize(
@@ -377,3 +380,23 @@ async def test_signed_url_with_an_absurd_expiry_is_403(api: Api, wasm) -> None:
             params={"expires": expires, "sig": "0" * 64},
         )
         await expect_error(response, 403, "URL_EXPIRED_OR_INVALID")
+
+
+async def test_an_unavailable_store_logs_no_download_signature(
+    api: Api, wasm, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await api.upload_ok("hello", "1.0", wasm.module())
+    node = await api.register()
+    url = URL((await api.plan(node))["actions"][0]["download_url"])
+
+    def unavailable(key: str) -> None:
+        raise ArtifactStoreUnavailable("the store is down")
+
+    monkeypatch.setattr(api.services.artifacts, "local_path", unavailable)
+    response = await api.get(url.path_qs)
+    await expect_error(response, 503, "SERVICE_UNAVAILABLE")
+    # The app's loggers (aiohttp.access is the test server's; serve runs without it).
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("edgesync"))
+    assert "artifact store unavailable" in logged
+    assert url.query["sig"] not in logged
