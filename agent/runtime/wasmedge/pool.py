@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -28,6 +29,8 @@ from agent.runtime.base import RuntimeUnavailable
 from agent.runtime.wasmedge.discovery import Installation, worker_command
 from agent.runtime.wasmedge.protocol import HEADER, decode_header, encode, read_frame
 from edgesync.errors import EdgesyncError
+
+log = logging.getLogger("edgesync.runtime.wasmedge")
 
 START_SECONDS = 60.0  # a cold start maps LLVM (~100 MB) from disk
 COMPILER_IDLE_SECONDS = 30.0
@@ -144,7 +147,14 @@ class WorkerPool:
             self._discard(worker)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(worker.process.wait, 5)
-            raise WorkerDied(_death(worker.process), backstop=worker.backstopped) from exc
+            what = _death(worker.process)
+            log.warning(
+                "WasmEdge worker %d %s%s; the next call starts a new one",
+                worker.process.pid,
+                what,
+                " at its call's backstop" if worker.backstopped else "",
+            )
+            raise WorkerDied(f"the worker {what}", backstop=worker.backstopped) from exc
         except BaseException:  # cancelled: the call may run on, so the worker goes
             self._discard(worker)
             raise
@@ -232,13 +242,14 @@ class WorkerPool:
 
 
 def _death(process: subprocess.Popen[bytes]) -> str:
+    """What happened to a worker, completing "the worker ..."."""
     code = process.poll()
     if code is None:
-        return "the worker stopped answering"
+        return "stopped answering"
     if code < 0:
         with contextlib.suppress(ValueError):
-            return f"the worker was killed by {signal.Signals(-code).name}"
-    return f"the worker exited with status {code}"
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
 
 
 class _SyncWorker:
@@ -262,7 +273,7 @@ class _SyncWorker:
         frame = read_frame(self.channel)
         if frame is None:
             self.close()
-            raise WorkerDied(_death(self.process))
+            raise WorkerDied(f"the worker {_death(self.process)}")
         return frame[0]
 
     def close(self) -> None:

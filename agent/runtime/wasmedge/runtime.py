@@ -15,7 +15,7 @@ with a status this module maps to the runtimes' shared error codes:
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -39,8 +39,6 @@ from agent.runtime.table import FunctionTable, prepare_in_parallel
 from agent.runtime.wasmedge.aot import AotCache
 from agent.runtime.wasmedge.discovery import Installation
 from agent.runtime.wasmedge.pool import CompilePool, WorkerDied, WorkerPool
-
-log = logging.getLogger("edgesync.runtime.wasmedge")
 
 #: Beyond the time limit, how long a call may take before its worker is killed.
 BACKSTOP_GRACE_SECONDS = 1.0
@@ -134,8 +132,6 @@ class WasmEdgeRuntime(FunctionTable):
         pairs = env_pairs(env)
         prepared = self._prepared.get(ref.sha256)
         if prepared is None:
-            import asyncio
-
             path = module_path(self._data_dir, ref.sha256)
             await asyncio.to_thread(self.prepare, ref.sha256, path)
             prepared = self._prepared[ref.sha256]
