@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from agent.runtime.base import ModuleRejected, compile_output
-from agent.runtime.wasmedge.pool import CompilePool
+from agent.runtime.wasmedge.pool import CompilePool, WorkerDied
 
 #: A module whose compilation takes longer is refused (its worker is killed).
 COMPILE_TIMEOUT_SECONDS = 600.0
@@ -43,6 +43,11 @@ class AotCache:
             except TimeoutError as exc:
                 raise ModuleRejected(
                     f"AOT compilation of {sha256[:12]} took over {COMPILE_TIMEOUT_SECONDS:g} s"
+                ) from exc
+            except WorkerDied as exc:  # the compiler crashed on it: it would again
+                raise ModuleRejected(
+                    f"WasmEdge's compiler crashed on module {sha256[:12]}",
+                    details={"error": exc.reason},
                 ) from exc
             if reply.get("status") != "ok" or partial.stat().st_size == 0:
                 raise ModuleRejected(
