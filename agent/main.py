@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 
 from aiohttp import web
 
@@ -17,6 +16,7 @@ from agent.gateway import make_gateway
 from agent.loop import Agent
 from agent.push import PushListener
 from agent.runtime.base import Limits
+from edgesync.errors import EdgesyncError
 from edgesync.http_server import EnvelopeAppRunner
 from edgesync.listen import bind_tcp
 
@@ -63,11 +63,10 @@ async def _serve(config: AgentConfig, agent: Agent, listeners: list[socket.socke
         if config.once:
             outcome = await agent.sync_once()
             if not outcome.ok:
-                error = outcome.error
-                detail = f"{error.message} ({error.code})" if error else outcome.kind
-                log.error("sync failed: %s", detail)
-                print(f"error: {detail}", file=sys.stderr)  # like every other CLI error
-                return 1
+                # Rendered once, like every CLI error, by edgesync.cli (exit 1).
+                raise outcome.error or EdgesyncError(
+                    f"the sync ended {outcome.kind}", code="SYNC_FAILED"
+                )
             return 0
         push = push_listener(config, agent)
         if push is not None:
