@@ -73,6 +73,12 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+def bare_words(sql: str) -> set[str]:
+    """The unquoted words of ``sql``, lowercased: keywords and plain identifiers,
+    never what is inside a string literal, a quoted identifier or a comment."""
+    return {token.group().lower() for token in _TOKEN.finditer(sql) if token.lastgroup == "word"}
+
+
 def _kind(token: re.Match[str]) -> int:
     group = token.lastgroup
     if group == "ws":
