@@ -267,3 +267,38 @@ async def test_at_most_a_few_checks_run_at_once(monkeypatch: pytest.MonkeyPatch)
     outcomes = await asyncio.gather(*checks, return_exceptions=True)
     assert all(isinstance(outcome, InvalidMigration) for outcome in outcomes)
     assert len(children) == 4 and most == migration_check.CONCURRENT_CHECKS
+
+
+# -- down_sql and the lint ----------------------------------------------------------------
+
+UP = "CREATE TABLE t (a);\nCREATE INDEX t_a ON t (a);"
+
+
+@pytest.mark.parametrize(
+    ("down_sql", "phase", "index"),
+    [
+        ("DROP INDEX t_a;\nDROP TABLE nope;", "down", 1),
+        ("DROP INDEX t_a;", "up_again", 0),  # t is left behind: up cannot run again
+        ("DROP TABLE t;\nPRAGMA user_version = 3;", "down", 1),  # the same rules
+    ],
+)
+def test_the_chain_must_go_up_down_and_up_again(down_sql: str, phase: str, index: int) -> None:
+    verify_chain([(1, "CREATE TABLE keep (x);"), (2, UP)], "DROP TABLE t;")
+    with pytest.raises(ScriptFailed) as caught:
+        verify_chain([(1, "CREATE TABLE keep (x);"), (2, UP)], down_sql)
+    failed = caught.value
+    assert (failed.phase, failed.version, failed.statement_index) == (phase, 2, index)
+    assert failed.details["phase"] == phase and failed.message.startswith(f"migration 2 ({phase})")
+
+
+async def test_the_child_checks_down_sql_and_lints_up_sql() -> None:
+    chain = [(1, "CREATE TABLE t (a);"), (2, "DELETE FROM t;\nDROP TABLE t;")]
+    findings = await check_chain(chain, CheckLimits(), lint=True)
+    assert [(f["index"], f["kind"]) for f in findings] == [
+        (0, "delete_without_where"),
+        (1, "drop"),
+    ]
+    assert await check_chain(chain, CheckLimits()) == []  # allow_destructive: no lint
+    with pytest.raises(InvalidMigration) as caught:
+        await check_chain(chain, CheckLimits(), down_sql="DROP TABLE nope;", lint=True)
+    assert caught.value.details["phase"] == "down"
