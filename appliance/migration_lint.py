@@ -151,15 +151,14 @@ def _trigger_body(statement: str) -> str | None:
     """The text between ``BEGIN`` and the final ``END`` of a CREATE TRIGGER, None
     for any other statement, "" for a trigger whose body cannot be located."""
     import sqlglot
+    from sqlglot.tokens import TokenType
 
     try:
         tokens = sqlglot.Dialect.get_or_raise("sqlite").tokenize(statement)
     except sqlglot.errors.SqlglotError:
         return None  # not tokenizable: the parser reports it as not understood
-    kinds = [token.token_type for token in tokens]
-    TokenType = sqlglot.tokens.TokenType
-    head = [k for k in kinds[:3] if k not in (TokenType.TEMPORARY,)]
-    if len(head) < 2 or head[:2] != [TokenType.CREATE, TokenType.TRIGGER]:
+    head = [t.token_type for t in tokens[:3] if t.token_type != TokenType.TEMPORARY]
+    if head[:2] != [TokenType.CREATE, TokenType.TRIGGER]:
         return None
     begins = [t for t in tokens if t.token_type == TokenType.BEGIN]
     ends = [t for t in tokens if t.token_type == TokenType.END]

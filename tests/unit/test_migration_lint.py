@@ -27,6 +27,11 @@ def kinds(up_sql: str) -> list[tuple[int, str]]:
         ('alter table "t" drop "c";', "drop_column"),
         ("ALTER TABLE t DROP c;", "drop_column"),  # COLUMN is optional in SQLite
         ("UPDATE OR REPLACE t SET x = 1 WHERE x = 2;", "not_understood"),
+        ("CREATE TRIGGER tr AFTER INSERT ON t DELETE FROM u;", "not_understood"),  # no BEGIN
+        (
+            "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN DELETE FROM u; END;",
+            "delete_without_where",
+        ),
         ("ALTER TABLE t RENAME TO u;", "rename_table"),
         ("ALTER TABLE main.t RENAME TO u;", "rename_table"),
         ("DELETE FROM t;", "delete_without_where"),
