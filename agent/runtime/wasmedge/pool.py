@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -26,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.runtime.base import RuntimeUnavailable
+from agent.runtime.wasmedge.channel import Frame, FrameChannel
 from agent.runtime.wasmedge.discovery import Installation, worker_command
-from agent.runtime.wasmedge.protocol import HEADER, decode_header, encode, read_frame
+from agent.runtime.wasmedge.protocol import encode, read_frame
 from edgesync.errors import EdgesyncError
 
 log = logging.getLogger("edgesync.runtime.wasmedge")
@@ -84,9 +84,8 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 @dataclass(eq=False)
 class _AsyncWorker:
     process: subprocess.Popen[bytes]
-    channel: socket.socket
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    socket: socket.socket
+    channel: FrameChannel
     forget: set[str] = field(default_factory=set)
     backstopped: bool = False
 
@@ -94,24 +93,15 @@ class _AsyncWorker:
         self.backstopped = self.backstopped or backstop
         _kill(self.process)
         try:
-            self.writer.close()
-        except RuntimeError:  # its event loop is closed already
             self.channel.close()
+        except RuntimeError:  # its event loop is closed already
+            self.socket.close()
 
-    async def call(self, message: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+    async def call(self, message: dict[str, Any], payload: bytes) -> Frame:
         if self.forget:
             message = {**message, "forget": sorted(self.forget)}
             self.forget.clear()
-        self.writer.write(encode(message, payload))
-        if len(payload) > 65536:
-            await self.writer.drain()
-        return await self.reply()
-
-    async def reply(self) -> tuple[dict[str, Any], bytes]:
-        body_len, payload_len = decode_header(await self.reader.readexactly(HEADER.size))
-        message: dict[str, Any] = json.loads(await self.reader.readexactly(body_len))
-        data = await self.reader.readexactly(payload_len) if payload_len else b""
-        return message, data
+        return await self.channel.request(message, payload)
 
 
 class WorkerPool:
@@ -135,15 +125,13 @@ class WorkerPool:
         for worker in (*self._idle, *self._busy):
             worker.forget.add(key)
 
-    async def call(
-        self, message: dict[str, Any], payload: bytes, backstop: float
-    ) -> tuple[dict[str, Any], bytes]:
+    async def call(self, message: dict[str, Any], payload: bytes, backstop: float) -> Frame:
         """One request on an idle worker; :class:`WorkerDied` when it dies meanwhile."""
         worker = await self._acquire()
         timer = asyncio.get_running_loop().call_later(backstop, worker.kill, True)
         try:
             reply = await worker.call(message, payload)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError) as exc:
             self._discard(worker)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(worker.process.wait, 5)
@@ -192,11 +180,11 @@ class WorkerPool:
         try:
             process, channel = _spawn(self._installation)
             try:
-                reader, writer = await asyncio.open_unix_connection(sock=channel)
-                worker = _AsyncWorker(process, channel, reader, writer)
+                frames = await FrameChannel.open(channel)
+                worker = _AsyncWorker(process, channel, frames)
                 async with asyncio.timeout(START_SECONDS):
-                    hello, _ = await worker.reply()
-            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+                    hello, _ = await frames.next_frame()
+            except (ConnectionError, TimeoutError) as exc:
                 _kill(process)
                 raise _not_ready(process, None) from exc
             except BaseException:

@@ -25,7 +25,7 @@ def encode(message: dict[str, Any], payload: bytes = b"") -> bytes:
     return HEADER.pack(len(body), len(payload)) + body + payload
 
 
-def decode_header(header: bytes) -> tuple[int, int]:
+def decode_header(header: bytes | bytearray) -> tuple[int, int]:
     body_len, payload_len = HEADER.unpack(header)
     return body_len, payload_len
 
