@@ -177,7 +177,7 @@ fi
 
 install -d -m 0755 "$(d "$opt_dir")" "$(d "$bin_dir")"
 install -d -m 0755 "$(d "$etc_dir")"
-install -d -m 0750 "${owner_args[@]}" "$(d "$serve_data")" "$(d "$agent_data")"
+install -d -m 0700 "${owner_args[@]}" "$(d "$serve_data")" "$(d "$agent_data")"
 
 # -- the zipapp, unpacked and compiled ---------------------------------------------------
 

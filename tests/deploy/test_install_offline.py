@@ -202,7 +202,7 @@ def test_layout_and_modes(installed: Install, zipapp: Path) -> None:
     assert mode(installed / "/etc/edgesync/serve.env") == 0o640
     assert mode(installed / "/etc/edgesync/agent.env") == 0o600
     for data_dir in DATA_DIRS.values():
-        assert mode(installed / data_dir) == 0o750
+        assert mode(installed / data_dir) == 0o700
     wrapper = installed.wrapper.read_text()
     assert f'"{installed / "/opt/edgesync/edgesync.pyz"}" "$@"' in wrapper
     assert wrapper.splitlines()[-1].startswith("exec ")
