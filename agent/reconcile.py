@@ -151,8 +151,7 @@ class Reconciler:
         missing_reverts = [v for v in range(have, base, -1) if v not in reverts]
         if missing_reverts:
             raise PlanInconsistent(
-                f"target schema {wanted} is behind the node's {have} and the plan"
-                " lacks the reverts to get there",
+                f"plan lacks the reverts that take the node from schema {have} down to {base}",
                 details={"target": wanted, "local": have, "missing_reverts": missing_reverts},
             )
         available = {a.version: a for a in plan.actions if isinstance(a, ApplySchema)}
