@@ -446,7 +446,7 @@ async def test_enrollment_secret_over_72_bytes_is_401_not_500(api: Api) -> None:
     # bcrypt 5 raises ValueError for secrets over 72 bytes; the token id is real.
     token = await api.enrollment_token()
     token_id = token.split(".", 1)[0]
-    for secret in ("x" * 73, "x" * 5000, "é" * 40, "a\x00b"):
+    for secret in ("x" * 73, "x" * 5000, "é" * 40, "a b"):
         response = await api.post(
             "/api/v1/nodes/register",
             json={"name": "edge", "enrollment_token": f"{token_id}.{secret}"},
