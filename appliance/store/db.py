@@ -3,7 +3,8 @@
 SQL is written once, with ``?`` placeholders and portable constructs only
 (DESIGN.md); each driver adapts the placeholder style and maps its driver's
 errors onto :class:`DatabaseUnavailable` / :class:`IntegrityViolation` /
-:class:`SerializationFailure`, so the store never sees a driver exception.
+:class:`SerializationFailure` / :class:`AmbiguousResult`, so the store never
+sees a driver exception.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class IntegrityViolation(DatabaseError):
 
 class SerializationFailure(DatabaseError):
     """The transaction lost a SERIALIZABLE conflict (SQLSTATE 40001); retry it."""
+
+
+class AmbiguousResult(DatabaseUnavailable):
+    """The work may or may not have committed (SQLSTATE 40003, or XXA00 for DDL).
+
+    Never re-run blindly: only an idempotent statement may be repeated (see
+    ``retry.py``). Anything else reaches the client as a retryable 503.
+    """
 
 
 @dataclass(frozen=True)

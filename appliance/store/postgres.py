@@ -9,7 +9,9 @@ database instead of trusting its own writes.
 * Writes run at SERIALIZABLE (CockroachDB's default; on PostgreSQL we ask for
   it) and may end in SQLSTATE 40001 → :class:`SerializationFailure`, which
   the store's write loop retries. Reads outside a transaction run on
-  autocommit connections.
+  autocommit connections and are retried here on 40001 (``retry.py``).
+* 40003 and XXA00 (the outcome is unknown) → :class:`AmbiguousResult`: never
+  retried blindly; a 503 unless the statement is idempotent (migrations).
 * A lost connection (database restart, failover) is noticed on use: the pool is
   swept and the read, or a transaction whose BEGIN failed, is tried once more on
   a fresh connection. While the database is down, statements end in
@@ -28,6 +30,7 @@ and its keepalives to a probe after 15 s idle, every 5 s, 3 times.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +45,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from appliance.store.db import (
+    AmbiguousResult,
     Connection,
     DatabaseError,
     DatabaseUnavailable,
@@ -51,6 +55,7 @@ from appliance.store.db import (
     Row,
     SerializationFailure,
 )
+from appliance.store.retry import READ_ATTEMPTS, backoff
 
 T = TypeVar("T")
 PgConnection = AsyncConnection[DictRow]
@@ -58,6 +63,9 @@ PgConnection = AsyncConnection[DictRow]
 # SQLSTATEs of a lost transaction that is safe to run again: serialization
 # failure (CockroachDB's retry error too) and deadlock.
 _RETRY_STATES = frozenset({"40001", "40P01"})
+# SQLSTATEs of work that may or may not have committed: CockroachDB's
+# "statement completion unknown" and its partially committed DDL transaction.
+_AMBIGUOUS_STATES = frozenset({"40003", "XXA00"})
 # SQLSTATE classes meaning "the database cannot serve now": connection exception,
 # insufficient resources, operator intervention (shutdown, cancel), system error.
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
@@ -162,6 +170,8 @@ def _translate(exc: Exception, *, in_transaction: bool = True) -> DatabaseError:
         if in_transaction:
             return SerializationFailure(str(exc))
         return DatabaseUnavailable(str(exc))
+    if state in _AMBIGUOUS_STATES:
+        return AmbiguousResult(str(exc))
     if state.startswith("23"):
         return IntegrityViolation(str(exc))
     if (
@@ -286,17 +296,25 @@ class PostgresDatabase:
     async def _autocommit(
         self, sql: str, params: Params, result: Callable[[AsyncCursor[DictRow]], Awaitable[T]]
     ) -> T:
+        """A read on its own: again on a fresh connection once its connection
+        turned out dead, and again (with backoff) after a serialization failure,
+        which CockroachDB returns for reads whose results outgrew its buffer."""
         query, values = to_pyformat(sql), tuple(params)
-        for attempt in range(2):
+        reconnected = False
+        for attempt in range(READ_ATTEMPTS):
+            await asyncio.sleep(backoff(attempt))
             async with self._connection() as connection:
                 try:
                     cursor = await connection.execute(query, values)
                     return await result(cursor)
                 except psycopg.Error as exc:
-                    # A read is safe to repeat once its connection turned out dead.
-                    if not (connection.closed and attempt == 0):
+                    dead = connection.closed and not reconnected
+                    lost = getattr(exc, "sqlstate", None) in _RETRY_STATES
+                    if not (dead or (lost and attempt < READ_ATTEMPTS - 1)):
                         raise _translate(exc, in_transaction=False) from exc
-            await self._sweep()
+                    reconnected = reconnected or dead
+            if connection.closed:
+                await self._sweep()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:

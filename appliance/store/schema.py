@@ -3,7 +3,16 @@
 Portable SQL only: the same statements run on SQLite and on
 PostgreSQL/CockroachDB. Timestamps are fixed-width RFC 3339 UTC text (they sort
 and compare as strings on every engine); ids are UUID text generated in Python.
-A migration and its record in ``control_plane_migrations`` commit together.
+
+Each statement runs on its own (``migrate.py``; CockroachDB cannot be trusted
+with several DDL statements in one transaction), so a migration may stop half
+way and run again from its first statement: every statement must be
+idempotent. ``CREATE TABLE/INDEX IF NOT EXISTS``, ``DROP … IF EXISTS``,
+``INSERT … ON CONFLICT … DO NOTHING`` (an ``INSERT … SELECT`` needs a ``WHERE``
+before ``ON CONFLICT`` for SQLite's parser), and plain ``ALTER TABLE … ADD
+COLUMN`` (SQLite has no ``IF NOT EXISTS`` there: the runner skips a column the
+catalog already has). ``tests/unit/test_store_migrate.py`` checks each form and
+runs every migration twice. The record is written after the statements.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         1,
         "seed tables: nodes, functions, schema_migrations, deployments, sync records",
         """
-        CREATE TABLE nodes (
+        CREATE TABLE IF NOT EXISTS nodes (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             region TEXT,
@@ -47,11 +56,11 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
             last_sync_at TEXT,
             created_at TEXT NOT NULL
         );
-        CREATE INDEX idx_nodes_created ON nodes (created_at, id);
-        CREATE INDEX idx_nodes_region ON nodes (region, created_at);
-        CREATE INDEX idx_nodes_offline_after ON nodes (offline_after);
+        CREATE INDEX IF NOT EXISTS idx_nodes_created ON nodes (created_at, id);
+        CREATE INDEX IF NOT EXISTS idx_nodes_region ON nodes (region, created_at);
+        CREATE INDEX IF NOT EXISTS idx_nodes_offline_after ON nodes (offline_after);
 
-        CREATE TABLE functions (
+        CREATE TABLE IF NOT EXISTS functions (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             version TEXT NOT NULL,
@@ -61,10 +70,10 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
             created_at TEXT NOT NULL,
             deleted_at TEXT
         );
-        CREATE UNIQUE INDEX idx_functions_name_version ON functions (name, version);
-        CREATE INDEX idx_functions_created ON functions (created_at, id);
+        CREATE UNIQUE INDEX IF NOT EXISTS idx_functions_name_version ON functions (name, version);
+        CREATE INDEX IF NOT EXISTS idx_functions_created ON functions (created_at, id);
 
-        CREATE TABLE schema_migrations (
+        CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,
             description TEXT NOT NULL,
             up_sql TEXT NOT NULL,
@@ -73,7 +82,7 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
             created_at TEXT NOT NULL
         );
 
-        CREATE TABLE node_function_deployments (
+        CREATE TABLE IF NOT EXISTS node_function_deployments (
             node_id TEXT NOT NULL REFERENCES nodes (id),
             name TEXT NOT NULL,
             version TEXT NOT NULL,
@@ -81,9 +90,10 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
             deployed_at TEXT NOT NULL,
             PRIMARY KEY (node_id, name)
         );
-        CREATE INDEX idx_deployments_function ON node_function_deployments (name, version);
+        CREATE INDEX IF NOT EXISTS idx_deployments_function
+            ON node_function_deployments (name, version);
 
-        CREATE TABLE sync_records (
+        CREATE TABLE IF NOT EXISTS sync_records (
             id TEXT PRIMARY KEY,
             node_id TEXT NOT NULL REFERENCES nodes (id),
             sync_type TEXT NOT NULL,
@@ -98,15 +108,16 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
             schemas_applied INTEGER NOT NULL DEFAULT 0,
             ack_digest TEXT
         );
-        CREATE INDEX idx_sync_records_node_started ON sync_records (node_id, started_at);
-        CREATE INDEX idx_sync_records_status ON sync_records (status);
+        CREATE INDEX IF NOT EXISTS idx_sync_records_node_started
+            ON sync_records (node_id, started_at);
+        CREATE INDEX IF NOT EXISTS idx_sync_records_status ON sync_records (status);
         """,
     ),
     ControlPlaneMigration(
         2,
         "auth and coordination: enrollment tokens, shared secrets, fleet generation",
         """
-        CREATE TABLE enrollment_tokens (
+        CREATE TABLE IF NOT EXISTS enrollment_tokens (
             id TEXT PRIMARY KEY,
             secret_hash TEXT NOT NULL,
             region TEXT,
@@ -116,17 +127,17 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
             created_at TEXT NOT NULL
         );
 
-        CREATE TABLE secrets (
+        CREATE TABLE IF NOT EXISTS secrets (
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL,
             created_at TEXT NOT NULL
         );
 
-        CREATE TABLE fleet_state (
+        CREATE TABLE IF NOT EXISTS fleet_state (
             id INTEGER PRIMARY KEY,
             generation BIGINT NOT NULL
         );
-        INSERT INTO fleet_state (id, generation) VALUES (1, 1);
+        INSERT INTO fleet_state (id, generation) VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
         """,
     ),
     ControlPlaneMigration(
@@ -140,7 +151,7 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         4,
         "fleet changes: why each generation was bumped, for every replica's MQTT notifier",
         """
-        CREATE TABLE fleet_changes (
+        CREATE TABLE IF NOT EXISTS fleet_changes (
             generation BIGINT PRIMARY KEY,
             reason TEXT NOT NULL,
             node_ids TEXT,
@@ -160,19 +171,21 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
         "every token id a node has held; serve instances owning upload claims;"
         " acks ignored per sync record",
         """
-        CREATE TABLE node_token_jtis (
+        CREATE TABLE IF NOT EXISTS node_token_jtis (
             node_id TEXT NOT NULL REFERENCES nodes (id),
             jti TEXT NOT NULL,
             issued_at TEXT NOT NULL,
             PRIMARY KEY (node_id, jti)
         );
         INSERT INTO node_token_jtis (node_id, jti, issued_at)
-            SELECT id, token_jti, created_at FROM nodes;
+            SELECT id, token_jti, created_at FROM nodes WHERE true
+            ON CONFLICT (node_id, jti) DO NOTHING;
         INSERT INTO node_token_jtis (node_id, jti, issued_at)
             SELECT id, previous_token_jti, created_at FROM nodes
-            WHERE previous_token_jti IS NOT NULL AND previous_token_jti <> token_jti;
+            WHERE previous_token_jti IS NOT NULL AND previous_token_jti <> token_jti
+            ON CONFLICT (node_id, jti) DO NOTHING;
 
-        CREATE TABLE serve_instances (
+        CREATE TABLE IF NOT EXISTS serve_instances (
             id TEXT PRIMARY KEY,
             host TEXT NOT NULL,
             data_dir TEXT NOT NULL,

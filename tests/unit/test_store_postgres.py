@@ -20,6 +20,7 @@ from postgres_support import PostgresSandbox
 from test_store import add_function, add_node, enrollment, function, migration
 
 from appliance.store.db import (
+    AmbiguousResult,
     Connection,
     DatabaseError,
     DatabaseUnavailable,
@@ -98,6 +99,7 @@ def test_bad_url_settings_are_refused_without_echoing_the_url(query: str) -> Non
         (psycopg.OperationalError("connection refused"), DatabaseUnavailable),
         (psycopg.InterfaceError("the connection is closed"), DatabaseUnavailable),
         (psycopg.errors.UndefinedTable("no such table"), DatabaseError),
+        (psycopg.errors.StatementCompletionUnknown("result is ambiguous"), AmbiguousResult),
     ],
 )
 def test_driver_errors_map_onto_the_store_errors(error: Exception, expected: type) -> None:
