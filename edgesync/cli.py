@@ -18,11 +18,18 @@ from edgesync import __version__
 # name -> (module, attribute, one-line help shown by --help without importing)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("edgesync.commands.serve", "serve", "Run the control plane."),
+    "migrate": (
+        "edgesync.commands.migrate",
+        "migrate",
+        "Migrate the control-plane database, then exit.",
+    ),
     "upload": ("edgesync.commands.operator", "upload", "Upload a WASM function version."),
     "functions": ("edgesync.commands.operator", "functions", "List, show or delete functions."),
     "schema": ("edgesync.commands.operator", "schema", "Add or list schema migrations."),
-    "nodes": ("edgesync.commands.operator", "nodes", "List or show nodes."),
+    "nodes": ("edgesync.commands.operator", "nodes", "List, show, pin or unpin nodes."),
     "token": ("edgesync.commands.operator", "token", "Create enrollment tokens."),
+    "release": ("edgesync.commands.release", "release", "Create, list or show releases."),
+    "fleet": ("edgesync.commands.fleet", "fleet", "Show or set auto-release."),
     "agent": ("edgesync.commands.agent", "agent", "Run the edge agent (and `agent status`)."),
     "invoke": ("edgesync.commands.agent", "invoke", "Run a deployed function locally."),
 }

@@ -200,6 +200,19 @@ async def _column_exists(db: Database, statement: str) -> bool:
     return await db.fetchone(sql, (table, column)) is not None
 
 
+async def migrate_database(url: str, *, wait: float = WAIT_SECONDS) -> int:
+    """Open ``url``, migrate it, close it: ``edgesync migrate`` (the k3s migrate Job)."""
+    from appliance.store.db import open_database
+    from appliance.store.store import Store
+
+    database = await open_database(url)
+    try:
+        store = Store(database)
+        return await run_migrations(database, store._write, wait=wait)
+    finally:
+        await database.close()
+
+
 async def migration_version(db: Database) -> int:
     row = await db.fetchone("SELECT MAX(version) AS v FROM control_plane_migrations")
     return int(row["v"]) if row and row["v"] is not None else 0
