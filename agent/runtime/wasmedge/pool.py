@@ -244,8 +244,9 @@ class _SyncWorker:
     def __init__(self, installation: Installation) -> None:
         self.process, self.channel = _spawn(installation)
         self.channel.settimeout(START_SECONDS)
+        self.replies = self.channel.makefile("rb")
         try:
-            hello = read_frame(self.channel)
+            hello = read_frame(self.replies)
         except OSError:
             hello = None
         if hello is None or hello[0].get("status") != "ready":
@@ -258,13 +259,14 @@ class _SyncWorker:
         """One request; ``TimeoutError`` (the worker is then closed) past ``timeout``."""
         self.channel.settimeout(timeout)
         self.channel.sendall(encode(message))
-        frame = read_frame(self.channel)
+        frame = read_frame(self.replies)
         if frame is None:
             self.close()
             raise WorkerDied(f"the worker {_death(self.process)}")
         return frame[0]
 
     def close(self) -> None:
+        self.replies.close()
         self.channel.close()
         _kill(self.process)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 HEADER = struct.Struct("<II")
 #: How much of a failed function's stderr comes back (its end).
@@ -34,27 +34,18 @@ def write_frame(channel: socket.socket, message: dict[str, Any], payload: bytes 
     channel.sendall(encode(message, payload))
 
 
-def _read_exactly(channel: socket.socket, size: int) -> bytes | None:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = channel.recv_into(view[got:])
-        if n == 0:
-            return None
-        got += n
-    return bytes(buffer)
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """The next frame from a buffered reader over the socket, or None at end of stream.
 
-
-def read_frame(channel: socket.socket) -> tuple[dict[str, Any], bytes] | None:
-    """The next frame, or None at end of stream."""
-    header = _read_exactly(channel, HEADER.size)
-    if header is None:
+    Buffered (``socket.makefile("rb")``): one ``recv`` usually brings the whole frame.
+    """
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
         return None
     body_len, payload_len = decode_header(header)
-    body = _read_exactly(channel, body_len)
-    payload = _read_exactly(channel, payload_len) if payload_len else b""
-    if body is None or payload is None:
+    body = stream.read(body_len)
+    payload = stream.read(payload_len) if payload_len else b""
+    if len(body) < body_len or len(payload) < payload_len:
         return None
     message: dict[str, Any] = json.loads(body)
     return message, payload

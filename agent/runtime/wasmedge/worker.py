@@ -295,7 +295,8 @@ class Worker:
 
 def serve(channel: socket.socket, lib: capi.WasmEdgeLibrary, parent: int) -> None:
     worker = Worker(lib, parent)
-    while (frame := read_frame(channel)) is not None:
+    requests = channel.makefile("rb")
+    while (frame := read_frame(requests)) is not None:
         request, blob = frame
         worker.forget(request.get("forget", []))
         if request["op"] == "run":
