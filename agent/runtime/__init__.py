@@ -40,7 +40,8 @@ def open_runtime(kind: str, data_dir: Path, limits: Limits | None = None) -> Run
     """The runtime ``kind`` (auto | wasmedge | wasmtime) keeping its files in ``data_dir``.
 
     ``limits`` are the node's function limits: a module declaring more memory than
-    ``limits.memory_bytes`` is refused at deploy. Raises :class:`RuntimeUnavailable`
+    ``limits.memory_bytes`` is refused at deploy (without them, such a module is
+    refused per call, FUNCTION_MEMORY_LIMIT, never run shrunk). Raises :class:`RuntimeUnavailable`
     when ``wasmedge`` is asked for and none works.
     """
     if kind not in KINDS:

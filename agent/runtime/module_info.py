@@ -136,8 +136,9 @@ def inspect_module(wasm: bytes) -> ModuleInfo:
     return ModuleInfo(has_start=has_start, min_pages=max(mins), imports=tuple(imports))
 
 
-def check_deployable(wasm: bytes, memory_limit_bytes: int) -> ModuleInfo:
-    """:func:`inspect_module`, refusing what no invocation under the limit could run."""
+def check_deployable(wasm: bytes, memory_limit_bytes: int | None) -> ModuleInfo:
+    """:func:`inspect_module`, refusing what no invocation under the limit could run
+    (no memory check without a limit: the runtime then refuses such a call instead)."""
     info = inspect_module(wasm)
     if not info.has_start:
         raise ModuleRejected("module exports no _start function: not a WASI command")
@@ -151,7 +152,7 @@ def check_deployable(wasm: bytes, memory_limit_bytes: int) -> ModuleInfo:
             "module imports what WASI preview 1 does not provide",
             details={"imports": foreign[:20]},
         )
-    if info.min_pages * WASM_PAGE > memory_limit_bytes:
+    if memory_limit_bytes is not None and info.min_pages * WASM_PAGE > memory_limit_bytes:
         raise ModuleRejected(
             f"module declares {info.min_pages} pages of memory, more than the limit of "
             f"{memory_limit_bytes // WASM_PAGE} pages ({memory_limit_bytes} bytes)",
@@ -161,7 +162,9 @@ def check_deployable(wasm: bytes, memory_limit_bytes: int) -> ModuleInfo:
     return info
 
 
-def read_deployable(sha256: str, source: Path, memory_limit_bytes: int) -> tuple[bytes, ModuleInfo]:
+def read_deployable(
+    sha256: str, source: Path, memory_limit_bytes: int | None
+) -> tuple[bytes, ModuleInfo]:
     """The verified module file's bytes and what it declares, checked for deployment."""
     try:
         wasm = source.read_bytes()

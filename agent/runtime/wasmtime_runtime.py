@@ -367,7 +367,8 @@ class WasmtimeRuntime(FunctionTable):
     ) -> None:
         super().__init__()
         self._data_dir = data_dir
-        self._limits = limits or Limits()
+        # The node's limit for deploy-time checks; None: not known, calls are checked.
+        self._memory_limit = limits.memory_bytes if limits is not None else None
         self._compiled = compiled_dir(data_dir)
         self._tick = tick_seconds
         config = wasmtime.Config()
@@ -429,7 +430,7 @@ class WasmtimeRuntime(FunctionTable):
             except wasmtime.WasmtimeError as exc:
                 # Another wasmtime version or engine configuration: compile again.
                 log.info("recompiling %s: %s", sha256[:12], exc)
-        wasm, _ = read_deployable(sha256, source, self._limits.memory_bytes)
+        wasm, _ = read_deployable(sha256, source, self._memory_limit)
         try:
             module = wasmtime.Module(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:

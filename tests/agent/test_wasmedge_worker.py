@@ -184,6 +184,23 @@ async def test_200_pages_declared_against_a_16_page_limit(data_dir: Path) -> Non
         runtime.close()
 
 
+async def test_without_deploy_limits_a_large_declared_memory_is_refused_per_call(
+    data_dir: Path,
+) -> None:
+    # No limits known at deploy (e.g. `edgesync invoke`): prepared, but never run shrunk.
+    runtime = WasmEdgeRuntime(data_dir, _wasmedge_or_skip(), workers=1)
+    try:
+        table = deploy(runtime, data_dir, big=BIG_MINIMUM)
+        assert table["big"].sha256
+        with pytest.raises(FunctionFailed) as caught:
+            await runtime.invoke("big", b"", {}, LIMITS)  # 64 pages
+        assert caught.value.code == "FUNCTION_MEMORY_LIMIT"
+        roomy = Limits(LIMITS.timeout_seconds, 200 * 64 * 1024)
+        assert (await runtime.invoke("big", b"", {}, roomy)).stdout == b""
+    finally:
+        runtime.close()
+
+
 GUEST_NOISE = """
 import asyncio, hashlib, sys
 from pathlib import Path

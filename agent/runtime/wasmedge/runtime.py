@@ -78,7 +78,8 @@ class WasmEdgeRuntime(FunctionTable):
     ) -> None:
         super().__init__()
         self._data_dir = data_dir
-        self._limits = limits or Limits()
+        # The node's limit for deploy-time checks; None: not known, calls are checked.
+        self._memory_limit = limits.memory_bytes if limits is not None else None
         self.installation = installation
         size = workers or default_workers()
         self._compilers = CompilePool(installation, size)
@@ -98,7 +99,7 @@ class WasmEdgeRuntime(FunctionTable):
         compiled = self._aot.path(sha256)
         min_pages = 0
         if not compiled.exists() or module_path.exists():
-            _, info = read_deployable(sha256, module_path, self._limits.memory_bytes)
+            _, info = read_deployable(sha256, module_path, self._memory_limit)
             min_pages = info.min_pages
             compiled = self._aot.ensure(sha256, module_path)
         with self._lock:
