@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from edgesync.protocol import ApplySchema, FunctionRef, NodeState, RemoveFunction
+from edgesync.protocol import ApplySchema, FunctionRef, NodeState, RemoveFunction, RevertSchema
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,14 @@ class MigrationSpec:
     version: int
     description: str
     up_sql: str
+
+
+@dataclass(frozen=True)
+class RevertSpec:
+    """A migration above the target's schema: how a node ahead of the target undoes it."""
+
+    version: int
+    down_sql: str | None
 
 
 @dataclass(frozen=True)
@@ -37,10 +45,15 @@ class FunctionSpec:
 class TargetSpec:
     migrations: tuple[MigrationSpec, ...]
     functions: tuple[FunctionSpec, ...]
+    # Migrations above the target's schema (a release behind the newest migration).
+    reverts: tuple[RevertSpec, ...] = ()
+
+    @property
+    def schema_version(self) -> int:
+        return max((m.version for m in self.migrations), default=0)
 
     def state(self) -> NodeState:
-        version = max((m.version for m in self.migrations), default=0)
-        return NodeState(version, tuple(f.ref() for f in self.functions))
+        return NodeState(self.schema_version, tuple(f.ref() for f in self.functions))
 
 
 @dataclass(frozen=True)
@@ -56,13 +69,18 @@ class PlanDraft:
     etag: str
     target: NodeState
     schema: tuple[ApplySchema, ...] = ()
+    reverts: tuple[RevertSchema, ...] = ()
     deploys: tuple[FunctionSpec, ...] = ()
     removes: tuple[RemoveFunction, ...] = field(default_factory=tuple)
     sync_type: str = "incremental"
 
     @property
     def is_empty(self) -> bool:
-        return not (self.schema or self.deploys or self.removes)
+        return not (self.reverts or self.schema or self.deploys or self.removes)
+
+    def actions(self) -> tuple[RevertSchema | ApplySchema, ...]:
+        """The schema actions in execution order: reverts (descending), then applies."""
+        return (*self.reverts, *self.schema)
 
 
 def plan_etag(node: NodeView, target: NodeState) -> str:
@@ -71,10 +89,29 @@ def plan_etag(node: NodeView, target: NodeState) -> str:
     return '"' + hashlib.sha256(material.encode()).hexdigest()[:32] + '"'
 
 
+def schema_reverts(current: int, target: TargetSpec) -> tuple[RevertSchema, ...] | None:
+    """What takes a node at schema ``current`` back to the target's schema, newest
+    first; None when a migration on the way has no down_sql (the node cannot go
+    back: its schema stays where it is)."""
+    wanted = target.schema_version
+    if current <= wanted:
+        return ()
+    down = {r.version: r.down_sql for r in target.reverts}
+    steps = range(current, wanted, -1)
+    if any(not down.get(version) for version in steps):
+        return None
+    return tuple(RevertSchema(version, str(down[version])) for version in steps)
+
+
 def make_plan(node: NodeView, target: TargetSpec) -> PlanDraft:
-    """What ``node`` must do to reach ``target``: schema, then deploys, then removes."""
-    target_state = target.state()
+    """What ``node`` must do to reach ``target``: schema reverts, schema applies,
+    then deploys, then removes."""
     current = node.state
+    reverts = schema_reverts(current.schema_version, target)
+    target_state = target.state()
+    if reverts is None:  # irreversible: keep the node's schema, swap the functions
+        reverts = ()
+        target_state = NodeState(current.schema_version, target_state.functions)
     schema = tuple(
         ApplySchema(m.version, m.description, m.up_sql)
         for m in sorted(target.migrations, key=lambda m: m.version)
@@ -93,6 +130,7 @@ def make_plan(node: NodeView, target: TargetSpec) -> PlanDraft:
         etag=plan_etag(node, target_state),
         target=target_state,
         schema=schema,
+        reverts=reverts,
         deploys=deploys,
         removes=removes,
         sync_type="full" if empty_node else "incremental",

@@ -213,16 +213,11 @@ def _server(
 
 @contextlib.contextmanager
 def edgesync_serve(
-    workdir: Path,
-    *,
-    cpu: int | None = None,
-    extra_args: Sequence[str] = (),
-    access_log: bool = False,
+    workdir: Path, *, cpu: int | None = None, extra_args: Sequence[str] = ()
 ) -> Iterator[Server]:
     """``edgesync serve`` with embedded defaults in a fresh data dir, on an ephemeral port.
 
-    Access log off unless ``access_log`` (the fleet simulator measures serve's defaults),
-    log level warning, a known admin token via the environment.
+    Access log off, log level warning, a known admin token via the environment.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="serve-data-", dir=workdir))
     port = free_port()
@@ -240,7 +235,7 @@ def edgesync_serve(
             str(port),
             "--data-dir",
             str(data_dir),
-            *([] if access_log else ["--no-access-log"]),
+            "--no-access-log",
             "--log-level",
             "warning",
             *extra_args,

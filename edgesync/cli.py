@@ -26,8 +26,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "upload": ("edgesync.commands.operator", "upload", "Upload a WASM function version."),
     "functions": ("edgesync.commands.operator", "functions", "List, show or delete functions."),
     "schema": ("edgesync.commands.operator", "schema", "Add or list schema migrations."),
-    "nodes": ("edgesync.commands.operator", "nodes", "List or show nodes."),
+    "nodes": ("edgesync.commands.operator", "nodes", "List, show, pin or unpin nodes."),
     "token": ("edgesync.commands.operator", "token", "Create enrollment tokens."),
+    "release": ("edgesync.commands.release", "release", "Create, list or show releases."),
+    "fleet": ("edgesync.commands.fleet", "fleet", "Show or set auto-release."),
     "agent": ("edgesync.commands.agent", "agent", "Run the edge agent (and `agent status`)."),
     "invoke": ("edgesync.commands.agent", "invoke", "Run a deployed function locally."),
 }

@@ -75,12 +75,15 @@ class ApiClient:
         module: Path,
         sha256: str | None = None,
         progress: Callable[[int], None] | None = None,
+        requires_schema: int = 0,
     ) -> Any:
         """POST a module as multipart/form-data, streamed from disk."""
         boundary = f"edgesync-{uuid.uuid4().hex}"
         fields = {"name": name, "version": version}
         if sha256:
             fields["sha256"] = sha256
+        if requires_schema:
+            fields["requires_schema"] = str(requires_schema)
         head = b"".join(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'
             f"{value}\r\n".encode()

@@ -108,6 +108,10 @@ class InvalidMigration(BadRequest):
     code = "INVALID_MIGRATION"
 
 
+class InvalidRelease(BadRequest):
+    code = "INVALID_RELEASE"
+
+
 class DestructiveMigration(BadRequest):
     """up_sql drops, renames or rewrites what nodes hold; ``allow_destructive`` accepts it."""
 
@@ -149,6 +153,10 @@ class NotFound(EdgesyncError):
     status = 404
 
 
+class FunctionNotFound(NotFound):
+    code = "FUNCTION_NOT_FOUND"
+
+
 class MethodNotAllowed(EdgesyncError):
     code = "METHOD_NOT_ALLOWED"
     status = 405
@@ -169,6 +177,30 @@ class SchemaVersionConflict(Conflict):
 
 class UnknownSync(Conflict):
     code = "SYNC_CONFLICT"
+
+
+class IncompatibleRelease(Conflict):
+    """A function of the release requires a newer schema than the release has."""
+
+    code = "INCOMPATIBLE_RELEASE"
+
+
+class NodeInRollout(Conflict):
+    """A node of the selection already is in an active rollout."""
+
+    code = "NODE_IN_ROLLOUT"
+
+
+class IrreversibleRollout(Conflict):
+    """Rolling back would cross a migration without down_sql."""
+
+    code = "IRREVERSIBLE_ROLLOUT"
+
+
+class RolloutStateConflict(Conflict):
+    """The rollout's state does not allow that transition."""
+
+    code = "ROLLOUT_STATE_CONFLICT"
 
 
 class RequestTimeout(EdgesyncError):

@@ -75,6 +75,7 @@ async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:
     claimed = staged.fields.get("sha256", "").lower() or None
     if claimed is not None and not SHA256_RE.fullmatch(claimed):
         raise ValidationFailed("sha256 must be 64 hex digits", details={"field": "sha256"})
+    requires_schema = _requires_schema(staged.fields.get("requires_schema"))
     if await svc.store.function_exists(name, version):
         raise _exists(name, version)
     if claimed is not None and claimed != staged.sha256:
@@ -93,6 +94,7 @@ async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:
         size_bytes=staged.size,
         storage_key=artifact_key(name, version),
         created_at=format_time(now),
+        requires_schema=requires_schema,
     )
     # Claim the version first: only the claimant writes the object, so two
     # concurrent uploads of one version never mix their bytes (one 201, one 409).
@@ -101,6 +103,18 @@ async def _accept(svc: Services, staged: StagedUpload) -> FunctionRecord:
         await svc.artifacts.put(record.storage_key, staged.path)
         await svc.uploads.publish(claim)
     return record
+
+
+def _requires_schema(raw: str | None) -> int:
+    """The optional ``requires_schema`` field: a schema version, default 0."""
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or len(raw) > 9:
+        raise ValidationFailed(
+            "requires_schema must be a schema version (an integer >= 0)",
+            details={"field": "requires_schema"},
+        )
+    return int(raw)
 
 
 def _exists(name: str, version: str) -> FunctionExists:

@@ -147,12 +147,16 @@ async def list_nodes(request: web.Request) -> web.Response:
         limit=query_int(request, "limit", 100, 1, 1000),
         cursor=request.query.get("cursor"),
     )
-    return json_response({"nodes": [n.to_api(now) for n in nodes], "next_cursor": cursor})
+    releases = await services(request).store.effective_release_ids([n.id for n in nodes])
+    bodies = [{**n.to_api(now), "release_id": releases.get(n.id)} for n in nodes]
+    return json_response({"nodes": bodies, "next_cursor": cursor})
 
 
 @routes.get("/api/v1/nodes/{node_id}")
 async def get_node(request: web.Request) -> web.Response:
     node_id = request.match_info["node_id"]
     principal(request).require_node_or_admin(node_id)
-    node = await services(request).store.get_node(node_id)
-    return json_response(node.to_api(utcnow()))
+    store = services(request).store
+    node = await store.get_node(node_id)
+    releases = await store.effective_release_ids([node_id])
+    return json_response({**node.to_api(utcnow()), "release_id": releases.get(node_id)})

@@ -61,7 +61,8 @@ class FunctionStore(StoreBase):
                 )
             await tx.execute(
                 "INSERT INTO functions (id, name, version, sha256, size_bytes, storage_key,"
-                " created_at, status, claim_owner) VALUES (?, ?, ?, ?, ?, ?, ?, 'uploading', ?)",
+                " created_at, status, claim_owner, requires_schema)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'uploading', ?, ?)",
                 (
                     record.id,
                     record.name,
@@ -71,6 +72,7 @@ class FunctionStore(StoreBase):
                     record.storage_key,
                     record.created_at,
                     owner,
+                    record.requires_schema,
                 ),
             )
 

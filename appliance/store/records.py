@@ -29,6 +29,10 @@ class NodeRecord:
     last_sync_at: str | None
     created_at: str
     functions: tuple[FunctionRef, ...] = ()
+    # Explicit assignment (a rollout's) and pin; the effective release is resolved
+    # by appliance.store.releases.resolve_release.
+    release_id: str | None = None
+    pinned_release_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Row, functions: tuple[FunctionRef, ...] = ()) -> NodeRecord:
@@ -49,6 +53,8 @@ class NodeRecord:
             last_sync_at=row["last_sync_at"],
             created_at=row["created_at"],
             functions=functions,
+            release_id=row.get("release_id"),
+            pinned_release_id=row.get("pinned_release_id"),
         )
 
     def state(self) -> NodeState:
@@ -74,6 +80,8 @@ class NodeRecord:
             "last_heartbeat_at": self.last_heartbeat_at,
             "last_sync_at": self.last_sync_at,
             "created_at": self.created_at,
+            "release_id": self.pinned_release_id or self.release_id,
+            "pinned_release_id": self.pinned_release_id,
         }
 
 
@@ -87,6 +95,8 @@ class FunctionRecord:
     storage_key: str
     created_at: str
     deleted_at: str | None = None
+    # The lowest schema version this function works with (checked by releases).
+    requires_schema: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> FunctionRecord:
@@ -99,6 +109,7 @@ class FunctionRecord:
             storage_key=row["storage_key"],
             created_at=row["created_at"],
             deleted_at=row["deleted_at"],
+            requires_schema=int(row.get("requires_schema") or 0),
         )
 
     def ref(self) -> FunctionRef:
@@ -111,6 +122,7 @@ class FunctionRecord:
             "version": self.version,
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
+            "requires_schema": self.requires_schema,
             "created_at": self.created_at,
         }
 
@@ -218,6 +230,8 @@ class Target:
     generation: int
     migrations: list[MigrationRecord] = field(default_factory=list)
     functions: list[FunctionRecord] = field(default_factory=list)
+    # Migrations above this target's schema, for a node ahead of it (revert_schema).
+    reverts: list[MigrationRecord] = field(default_factory=list)
 
     @property
     def schema_version(self) -> int:

@@ -9,14 +9,22 @@ unchanged on SQLite and PostgreSQL/CockroachDB.
 from __future__ import annotations
 
 from appliance.store.base import decode_cursor, encode_cursor
+from appliance.store.fleet import FleetStore
 from appliance.store.functions import STALE_UPLOAD, FunctionStore
 from appliance.store.instances import InstanceStore
 from appliance.store.nodes import NodeStore
+from appliance.store.releases import ReleaseStore
 from appliance.store.syncs import SyncStore
 from appliance.store.targets import TargetStore
 
 __all__ = ["STALE_UPLOAD", "Store", "decode_cursor", "encode_cursor"]
 
 
-class Store(NodeStore, FunctionStore, InstanceStore, TargetStore, SyncStore):
-    """Domain-level reads and writes over a :class:`~appliance.store.db.Database`."""
+class Store(
+    ReleaseStore, FleetStore, NodeStore, FunctionStore, InstanceStore, TargetStore, SyncStore
+):
+    """Domain-level reads and writes over a :class:`~appliance.store.db.Database`.
+
+    ``ReleaseStore`` comes first: its ``_bump_generation`` turns every bump that
+    changes the fleet's v1 target into an auto-release, in the same transaction.
+    """

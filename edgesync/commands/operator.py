@@ -64,16 +64,24 @@ def _sha256_of(path: Path) -> str:
 @click.argument("name")
 @click.argument("version")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--requires-schema",
+    type=click.IntRange(0),
+    default=0,
+    help="The lowest schema version the function works with (checked by releases).",
+)
 @api_command
-def upload(client: ApiClient, name: str, version: str, file: Path) -> None:
+def upload(client: ApiClient, name: str, version: str, file: Path, requires_schema: int) -> None:
     """Upload FILE as version VERSION of function NAME; prints the function JSON."""
     sha256 = _sha256_of(file)  # the server re-checks the bytes it received against it
     size = file.stat().st_size
     if size > PROGRESS_THRESHOLD and sys.stderr.isatty():
         with click.progressbar(length=size, label=f"uploading {file.name}", file=sys.stderr) as bar:
-            result = client.upload(name, version, file, sha256, progress=bar.update)
+            result = client.upload(
+                name, version, file, sha256, progress=bar.update, requires_schema=requires_schema
+            )
     else:
-        result = client.upload(name, version, file, sha256)
+        result = client.upload(name, version, file, sha256, requires_schema=requires_schema)
     emit(result)
 
 
@@ -265,3 +273,14 @@ def token_create(client: ApiClient, max_uses: int, ttl: int, region: str | None)
             {"max_uses": max_uses, "ttl_seconds": ttl, "region": region},
         )
     )
+
+
+def _attach_pin_commands() -> None:
+    # `nodes pin/unpin` live with the fleet commands; the group is this module's.
+    from edgesync.commands.fleet import nodes_pin, nodes_unpin
+
+    nodes.add_command(nodes_pin)
+    nodes.add_command(nodes_unpin)
+
+
+_attach_pin_commands()

@@ -43,7 +43,16 @@ async def assert_nothing_left_behind(api: Api) -> None:
 async def test_upload_creates_function_and_object(api: Api, wasm) -> None:
     module = wasm.module(1)
     created = await api.upload_ok("hello", "1.2.0", module)
-    assert set(created) == {"id", "name", "version", "sha256", "size_bytes", "created_at"}
+    assert set(created) == {
+        "id",
+        "name",
+        "version",
+        "sha256",
+        "size_bytes",
+        "requires_schema",
+        "created_at",
+    }
+    assert created["requires_schema"] == 0
     assert uuid.UUID(created["id"])
     assert (created["name"], created["version"]) == ("hello", "1.2.0")
     assert created["sha256"] == sha256(module)
