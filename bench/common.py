@@ -213,11 +213,16 @@ def _server(
 
 @contextlib.contextmanager
 def edgesync_serve(
-    workdir: Path, *, cpu: int | None = None, extra_args: Sequence[str] = ()
+    workdir: Path,
+    *,
+    cpu: int | None = None,
+    extra_args: Sequence[str] = (),
+    access_log: bool = False,
 ) -> Iterator[Server]:
     """``edgesync serve`` with embedded defaults in a fresh data dir, on an ephemeral port.
 
-    Access log off, log level warning, a known admin token via the environment.
+    Access log off unless ``access_log`` (the fleet simulator measures serve's defaults),
+    log level warning, a known admin token via the environment.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="serve-data-", dir=workdir))
     port = free_port()
@@ -235,7 +240,7 @@ def edgesync_serve(
             str(port),
             "--data-dir",
             str(data_dir),
-            "--no-access-log",
+            *([] if access_log else ["--no-access-log"]),
             "--log-level",
             "warning",
             *extra_args,
