@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,29 @@ async def test_status_shows_the_runtime_and_its_version(
     agent = json.loads(out)["agent"]
     assert agent["runtime"] == "wasmedge"
     assert agent["runtime_version"].startswith("0.14")
+
+
+def test_maps_name_the_loader_and_folders_on_any_architecture() -> None:
+    # What a wrapper running a private Debian 13 root shows on an aarch64 device.
+    root = "/opt/edgesync/wasmedge/sysroot/usr/lib/aarch64-linux-gnu"
+    mapped = [
+        "/opt/edgesync/wasmedge/sysroot/usr/bin/wasmedge",
+        f"{root}/ld-linux-aarch64.so.1",
+        f"{root}/libwasmedge.so.0.1.0",
+        f"{root}/libLLVM.so.19.1",
+        "/opt/edgesync/wasmedge/sysroot/usr/lib/aarch64-linux-gnu/wasmedge/libwasi_logging.so",
+        "/usr/lib/locale/C.utf8/LC_CTYPE",
+    ]
+    found = discovery._installation_from_maps(mapped, "probe")
+    assert found.library == f"{root}/libwasmedge.so.0.1.0"
+    assert found.loader == f"{root}/ld-linux-aarch64.so.1"
+    assert found.library_dirs == [root, f"{root}/wasmedge"]
+    command, _ = discovery.worker_command(found)
+    assert command[:2] == [found.loader, "--library-path"]
+    assert command[2].split(":")[:2] == [root, f"{root}/wasmedge"]  # WasmEdge's own first
+    assert command[3:] == [
+        os.path.realpath(sys.executable),
+        "-s",
+        "-m",
+        "agent.runtime.wasmedge.worker",
+    ]
