@@ -1,4 +1,4 @@
-"""``edgesync serve`` configured by the seed's MINIO_* variables, against moto.
+"""``edgesync serve`` configured by the seed's MINIO_* variables, against SeaweedFS.
 
 The real executable (installed script and dist/edgesync.pyz, see conftest.py)
 stores what ``edgesync upload`` sends in the S3 bucket, and a node's plan
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from s3.support import ACCESS_KEY, SECRET_KEY, MotoServer
+from s3.support import ACCESS_KEY, SECRET_KEY, S3Server
 
 from .conftest import ADMIN_TOKEN
 from .support import Edgesync, http_request, start_server
@@ -22,18 +22,18 @@ MODULE_WAT = '(module (func (export "_start")) (global (export "tag") i32 (i32.c
 
 
 @pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer.launch(tmp_path / "moto.log")
+def s3(tmp_path: Path) -> Iterator[S3Server]:
+    server = S3Server.launch(tmp_path / "seaweedfs")
     try:
         yield server
     finally:
         server.stop()
 
 
-def test_serve_on_minio_variables(edgesync: Edgesync, moto: MotoServer, tmp_path: Path) -> None:
+def test_serve_on_minio_variables(edgesync: Edgesync, s3: S3Server, tmp_path: Path) -> None:
     env = {
         **edgesync.env,
-        "MINIO_ENDPOINT": moto.endpoint,
+        "MINIO_ENDPOINT": s3.endpoint,
         "MINIO_ACCESS_KEY": ACCESS_KEY,
         "MINIO_SECRET_KEY": SECRET_KEY,
         "MINIO_SECURE": "false",
@@ -42,7 +42,7 @@ def test_serve_on_minio_variables(edgesync: Edgesync, moto: MotoServer, tmp_path
     server = start_server(runner, tmp_path, ADMIN_TOKEN)
     try:
         # serve created the bucket at startup.
-        assert moto.client().bucket_exists("wasm-functions")
+        assert s3.client().bucket_exists("wasm-functions")
         ready = server.request("GET", "/readyz")
         assert ready.status == 200, ready.body
         assert ready.json()["checks"]["artifacts"] == "ok"
@@ -53,7 +53,7 @@ def test_serve_on_minio_variables(edgesync: Edgesync, moto: MotoServer, tmp_path
         created = runner.run_json("upload", "hello", "1.0.0", str(path), server=server)
         assert created["sha256"] == hashlib.sha256(module).hexdigest()
 
-        response = moto.client().get_object("wasm-functions", "hello/1.0.0/function.wasm")
+        response = s3.client().get_object("wasm-functions", "hello/1.0.0/function.wasm")
         try:
             assert response.read() == module
         finally:
@@ -72,7 +72,7 @@ def test_serve_on_minio_variables(edgesync: Edgesync, moto: MotoServer, tmp_path
         node_id, token = registered.json()["node_id"], registered.json()["token"]
         plan = server.request("GET", f"/api/v1/nodes/{node_id}/sync", token=token).json()
         (deploy,) = [a for a in plan["actions"] if a["type"] == "deploy_function"]
-        assert deploy["download_url"].startswith(f"http://{moto.endpoint}/wasm-functions/")
+        assert deploy["download_url"].startswith(f"http://{s3.endpoint}/wasm-functions/")
         download = http_request("GET", deploy["download_url"])
         assert download.status == 200 and download.body == module
     finally:

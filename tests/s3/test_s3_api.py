@@ -18,7 +18,7 @@ from yarl import URL
 from appliance.artifacts import ArtifactStoreUnavailable
 from appliance.artifacts.s3 import PART_SIZE
 
-from .support import SECRET_KEY, MotoServer
+from .support import SECRET_KEY, S3Server
 
 BUCKET = "wasm-functions"
 
@@ -27,8 +27,8 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def stored(moto: MotoServer, key: str) -> bytes:
-    response = moto.client().get_object(BUCKET, key)
+def stored(s3: S3Server, key: str) -> bytes:
+    response = s3.client().get_object(BUCKET, key)
     try:
         data: bytes = response.read()
         return data
@@ -50,31 +50,31 @@ async def metric(api: Api, name: str) -> float:
     return float(match.group(1))
 
 
-async def test_upload_lands_under_the_seed_layout(make_s3_api: ApiFactory, moto, wasm) -> None:
+async def test_upload_lands_under_the_seed_layout(make_s3_api: ApiFactory, s3, wasm) -> None:
     api = await make_s3_api()
     module = wasm.module(1)
     created = await api.upload_ok("hello", "1.2.0", module)
     assert created["sha256"] == sha256(module)
-    assert stored(moto, "hello/1.2.0/function.wasm") == module
-    stat = moto.client().stat_object(BUCKET, "hello/1.2.0/function.wasm")
+    assert stored(s3, "hello/1.2.0/function.wasm") == module
+    stat = s3.client().stat_object(BUCKET, "hello/1.2.0/function.wasm")
     assert stat.content_type == "application/wasm"
     # Nothing is left in the staging folder.
     assert [p for p in (api.config.data_dir / "staging").rglob("*") if p.is_file()] == []
 
 
-async def test_large_upload_is_multipart_and_intact(make_s3_api: ApiFactory, moto, wasm) -> None:
+async def test_large_upload_is_multipart_and_intact(make_s3_api: ApiFactory, s3, wasm) -> None:
     api = await make_s3_api()
     module = wasm.big(40 * 1024 * 1024, tag=3)
     created = await api.upload_ok("big", "1.0", module)
     assert created["size_bytes"] == len(module)
-    stat = moto.client().stat_object(BUCKET, "big/1.0/function.wasm")
+    stat = s3.client().stat_object(BUCKET, "big/1.0/function.wasm")
     parts = -(-len(module) // PART_SIZE)
     assert parts > 1
     assert re.fullmatch(rf'"?[0-9a-f]{{32}}-{parts}"?', stat.etag), stat.etag
-    assert sha256(stored(moto, "big/1.0/function.wasm")) == sha256(module)
+    assert sha256(stored(s3, "big/1.0/function.wasm")) == sha256(module)
 
 
-async def test_direct_plans_carry_presigned_urls(make_s3_api: ApiFactory, moto, wasm) -> None:
+async def test_direct_plans_carry_presigned_urls(make_s3_api: ApiFactory, s3, wasm) -> None:
     api = await make_s3_api(artifact_delivery="direct")
     module = wasm.module(2)
     created = await api.upload_ok("hello", "1.0", module)
@@ -83,12 +83,19 @@ async def test_direct_plans_carry_presigned_urls(make_s3_api: ApiFactory, moto, 
     (deploy,) = [a for a in plan["actions"] if a["type"] == "deploy_function"]
     assert deploy["function_id"] == created["id"]
     url = URL(deploy["download_url"])
-    assert f"{url.host}:{url.port}" == moto.endpoint
+    assert f"{url.host}:{url.port}" == s3.endpoint
     assert url.path == f"/{BUCKET}/hello/1.0/function.wasm"
     assert url.query["X-Amz-Expires"] == str(api.config.url_ttl_seconds)
     assert SECRET_KEY not in str(url)
     status, body = await plain_get(str(url))
     assert status == 200 and body == module and sha256(body) == deploy["sha256"]
+    # SeaweedFS checks the signature: the same URL with its signature altered,
+    # or naming another object, is refused.
+    signature = url.query["X-Amz-Signature"]
+    forged = url.update_query({"X-Amz-Signature": signature[::-1]})
+    assert (await plain_get(str(forged)))[0] == 403
+    other = url.with_path(f"/{BUCKET}/hello/9.9/function.wasm").with_query(url.query)
+    assert (await plain_get(str(other)))[0] == 403
 
 
 async def test_proxy_plans_point_at_the_control_plane(make_s3_api: ApiFactory, wasm) -> None:
@@ -115,28 +122,28 @@ async def test_proxy_plans_point_at_the_control_plane(make_s3_api: ApiFactory, w
     assert await metric(api, "edgesync_artifact_download_seconds_count") >= 1
 
 
-async def test_delete_removes_the_object(make_s3_api: ApiFactory, moto, wasm) -> None:
+async def test_delete_removes_the_object(make_s3_api: ApiFactory, s3, wasm) -> None:
     api = await make_s3_api()
     created = await api.upload_ok("hello", "1.0", wasm.module(5))
     key = "hello/1.0/function.wasm"
-    assert stored(moto, key)
+    assert stored(s3, key)
     response = await api.delete(f"/api/v1/functions/{created['id']}", headers=ADMIN)
     assert response.status == 204
-    names = [o.object_name for o in moto.client().list_objects(BUCKET, recursive=True)]
+    names = [o.object_name for o in s3.client().list_objects(BUCKET, recursive=True)]
     assert key not in names
     gone = await api.get(f"/api/v1/functions/{created['id']}/download", headers=ADMIN)
     await expect_error(gone, 404, "NOT_FOUND")
 
 
-async def test_missing_object_downloads_as_404(make_s3_api: ApiFactory, moto, wasm) -> None:
+async def test_missing_object_downloads_as_404(make_s3_api: ApiFactory, s3, wasm) -> None:
     api = await make_s3_api(artifact_delivery="proxy")
     created = await api.upload_ok("hello", "1.0", wasm.module(6))
-    moto.client().remove_object(BUCKET, "hello/1.0/function.wasm")  # behind the app's back
+    s3.client().remove_object(BUCKET, "hello/1.0/function.wasm")  # behind the app's back
     response = await api.get(f"/api/v1/functions/{created['id']}/download", headers=ADMIN)
     await expect_error(response, 404, "NOT_FOUND")
 
 
-async def test_concurrent_uploads_have_one_winner(make_s3_api: ApiFactory, moto, wasm) -> None:
+async def test_concurrent_uploads_have_one_winner(make_s3_api: ApiFactory, s3, wasm) -> None:
     api = await make_s3_api()
     modules = [wasm.big(6 * 1024 * 1024, tag=200 + i) for i in range(5)]
     assert len({sha256(m) for m in modules}) == 5
@@ -146,7 +153,7 @@ async def test_concurrent_uploads_have_one_winner(make_s3_api: ApiFactory, moto,
     for response in responses:
         if response.status == 409:
             await expect_error(response, 409, "FUNCTION_EXISTS")
-    assert sha256(stored(moto, "race/1.0/function.wasm")) == winner["sha256"]
+    assert sha256(stored(s3, "race/1.0/function.wasm")) == winner["sha256"]
     listed = await api.json("GET", "/api/v1/functions?name=race", headers=ADMIN)
     assert [f["id"] for f in listed["functions"]] == [winner["id"]]
 

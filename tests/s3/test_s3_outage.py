@@ -1,9 +1,9 @@
 """An S3 outage and its recovery, with the control plane running throughout.
 
-The test's own moto server is stopped (connections refused, as when MinIO is
-down) and started again on the same port. moto keeps no state across a
-restart, so the bucket is gone afterwards and the store must create it again
-without the app being restarted.
+The test's own SeaweedFS server is stopped (connections refused, as when MinIO
+is down) and started again on the same ports, with its data; or as a new, empty
+server (``wipe``), whose missing bucket the store must create again without
+the app being restarted.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from api_support import ADMIN, ApiFactory, expect_error
 from appliance.app import make_app
 from appliance.config import ServeConfig
 
-from .support import SECRET_KEY, MotoServer, free_port
+from .support import SECRET_KEY, S3Server, free_port
 
 
 async def test_outage_gives_503_and_recovery_needs_no_restart(
-    make_s3_api: ApiFactory, own_moto: MotoServer, wasm, caplog: pytest.LogCaptureFixture
+    make_s3_api: ApiFactory, own_s3: S3Server, wasm, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    api = await make_s3_api(artifact_url=own_moto.url(), artifact_delivery="proxy")
+    api = await make_s3_api(artifact_url=own_s3.url(), artifact_delivery="proxy")
     stored = await api.upload_ok("hello", "1.0", wasm.module(1))
     doomed = await api.upload_ok("doomed", "1.0", wasm.module(9))
     assert (await api.get("/readyz")).status == 200
 
-    own_moto.stop()
+    own_s3.stop()
     loop = asyncio.get_running_loop()
 
     started = loop.time()
@@ -62,9 +62,11 @@ async def test_outage_gives_503_and_recovery_needs_no_restart(
     listed = await api.json("GET", "/api/v1/functions?name=doomed", headers=ADMIN)
     assert listed["functions"] == []
 
-    # Back on the same port, empty (moto keeps nothing): the upload re-creates
-    # the bucket by itself, before any /readyz probe did.
-    own_moto.start()
+    # Back on the same ports with its data: what was stored before downloads,
+    # and the next upload works with no restart of the app.
+    own_s3.start()
+    download = await api.get(f"/api/v1/functions/{stored['id']}/download", headers=ADMIN)
+    assert download.status == 200 and await download.read() == wasm.module(1)
     module = wasm.module(3)
     again = await api.upload_ok("hello", "2.0", module)
     assert again["sha256"] == hashlib.sha256(module).hexdigest()
@@ -77,16 +79,28 @@ async def test_outage_gives_503_and_recovery_needs_no_restart(
     assert any("artifact store" in record.getMessage() for record in caplog.records)
 
 
-async def test_readyz_recreates_a_vanished_bucket(
-    make_s3_api: ApiFactory, own_moto: MotoServer
+async def test_an_upload_recreates_the_bucket_of_an_emptied_server(
+    make_s3_api: ApiFactory, own_s3: S3Server, wasm
 ) -> None:
-    api = await make_s3_api(artifact_url=own_moto.url())
-    own_moto.stop()
-    own_moto.start()
-    assert not own_moto.client().bucket_exists("wasm-functions")
+    api = await make_s3_api(artifact_url=own_s3.url())
+    own_s3.stop()
+    own_s3.start(wipe=True)
+    module = wasm.module(4)
+    created = await api.upload_ok("hello", "1.0", module)
+    assert created["sha256"] == hashlib.sha256(module).hexdigest()
+    assert own_s3.client().bucket_exists("wasm-functions")
+
+
+async def test_readyz_recreates_a_vanished_bucket(
+    make_s3_api: ApiFactory, own_s3: S3Server
+) -> None:
+    api = await make_s3_api(artifact_url=own_s3.url())
+    own_s3.stop()
+    own_s3.start(wipe=True)  # a new, empty server on the same address
+    assert not own_s3.client().bucket_exists("wasm-functions")
     body = await api.json("GET", "/readyz")
     assert body["checks"]["artifacts"] == "ok"
-    assert own_moto.client().bucket_exists("wasm-functions")
+    assert own_s3.client().bucket_exists("wasm-functions")
 
 
 async def test_serve_refuses_to_start_without_its_store(tmp_path: Path) -> None:

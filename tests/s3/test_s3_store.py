@@ -1,4 +1,4 @@
-"""S3ArtifactStore against a real S3-protocol server (moto) on loopback."""
+"""S3ArtifactStore against a real S3 server (SeaweedFS) on loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from appliance.artifacts import ArtifactMissing, ArtifactStoreUnavailable, open_
 from appliance.artifacts.location import S3Location
 from appliance.artifacts.s3 import PART_SIZE, S3ArtifactStore
 
-from .support import SECRET_KEY, MotoServer, free_port
+from .support import SECRET_KEY, S3Server, free_port
 
 KEY = "hello/1.0.0/function.wasm"
 
@@ -30,29 +30,29 @@ def fetch(url: str) -> bytes:
         return data
 
 
-async def test_open_creates_the_missing_bucket(moto: MotoServer) -> None:
-    client = moto.client()
+async def test_open_creates_the_missing_bucket(s3: S3Server) -> None:
+    client = s3.client()
     assert not client.bucket_exists("wasm-functions")
-    store = await open_artifact_store(moto.url())
+    store = await open_artifact_store(s3.url())
     try:
         assert isinstance(store, S3ArtifactStore)
         assert client.bucket_exists("wasm-functions")
         await store.ping()
         # Opening again (another replica) finds it and is fine.
-        again = await open_artifact_store(moto.url())
+        again = await open_artifact_store(s3.url())
         await again.close()
     finally:
         await store.close()
 
 
-async def test_put_read_delete(moto: MotoServer, tmp_path: Path) -> None:
+async def test_put_read_delete(s3: S3Server, tmp_path: Path) -> None:
     source = tmp_path / "module.wasm"
     source.write_bytes(b"\x00asm\x01\x00\x00\x00" + os.urandom(300_000))
-    store = await S3ArtifactStore.open(moto.url("fleet-a"))
+    store = await S3ArtifactStore.open(s3.url("fleet-a"))
     try:
         await store.put(KEY, source)
         assert await collect(store, KEY) == source.read_bytes()
-        stat = moto.client().stat_object("fleet-a", KEY)
+        stat = s3.client().stat_object("fleet-a", KEY)
         assert stat.size == source.stat().st_size
         assert stat.content_type == "application/wasm"
         assert store.local_path(KEY) is None  # the API streams through read()
@@ -70,11 +70,11 @@ async def test_put_read_delete(moto: MotoServer, tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_large_module_goes_up_as_multipart(moto: MotoServer, tmp_path: Path) -> None:
+async def test_large_module_goes_up_as_multipart(s3: S3Server, tmp_path: Path) -> None:
     source = tmp_path / "big.wasm"
     data = os.urandom(40 * 1024 * 1024)
     source.write_bytes(data)
-    store = await S3ArtifactStore.open(moto.url())
+    store = await S3ArtifactStore.open(s3.url())
     loop = asyncio.get_running_loop()
     gaps: list[float] = []
 
@@ -92,7 +92,7 @@ async def test_large_module_goes_up_as_multipart(moto: MotoServer, tmp_path: Pat
         ticker.cancel()
         # The SDK runs in a thread: the event loop kept its pace during the upload.
         assert gaps and max(gaps) < 1.0, max(gaps)
-        stat = moto.client().stat_object("wasm-functions", KEY)
+        stat = s3.client().stat_object("wasm-functions", KEY)
         parts = -(-len(data) // PART_SIZE)
         # S3's ETag of a multipart object is "<md5 of the part md5s>-<part count>".
         assert stat.etag.endswith(f"-{parts}"), stat.etag
@@ -103,16 +103,16 @@ async def test_large_module_goes_up_as_multipart(moto: MotoServer, tmp_path: Pat
         await store.close()
 
 
-async def test_presigned_urls_download_the_bytes(moto: MotoServer, tmp_path: Path) -> None:
+async def test_presigned_urls_download_the_bytes(s3: S3Server, tmp_path: Path) -> None:
     source = tmp_path / "module.wasm"
     source.write_bytes(os.urandom(70_000))
-    store = await S3ArtifactStore.open(moto.url())
+    store = await S3ArtifactStore.open(s3.url())
     try:
         await store.put(KEY, source)
         url = store.presigned_url(KEY, 900)
         assert url is not None
         parts = urlsplit(url)
-        assert f"{parts.hostname}:{parts.port}" == moto.endpoint
+        assert f"{parts.hostname}:{parts.port}" == s3.endpoint
         assert parts.path == f"/wasm-functions/{KEY}"
         assert "X-Amz-Expires=900" in parts.query and "X-Amz-Signature=" in parts.query
         assert SECRET_KEY not in url
