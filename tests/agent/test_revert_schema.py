@@ -87,6 +87,21 @@ def test_revert_then_apply_in_one_release(database: EdgeDatabase) -> None:
     assert checksum == hashlib.sha256(other.up_sql.encode()).hexdigest()
 
 
+@pytest.mark.parametrize("prove", [True, False], ids=["dry-run", "real-apply"])
+def test_a_failure_after_a_revert_names_the_apply_phase(
+    database: EdgeDatabase, monkeypatch: pytest.MonkeyPatch, prove: bool
+) -> None:
+    on_version_2_with_data(database)
+    if not prove:
+        monkeypatch.setattr("agent.edgedb._prove", lambda *steps: None)
+    clash = ApplySchema(2, "clash", "CREATE TABLE kv (x);")  # kv survives the revert
+    with pytest.raises(MigrationFailed) as caught:
+        database.apply_release([clash], [V2], "sync-3", reverts=[RevertSchema(2, TAGS_DOWN)])
+    assert caught.value.details["phase"] == "apply" and caught.value.details["version"] == 2
+    assert "already exists" in caught.value.details["sql_error"]
+    assert database.state() == NodeState(2, (V2,)) and "tags" in tables(database)
+
+
 def test_a_revert_must_start_at_the_nodes_version(database: EdgeDatabase) -> None:
     on_version_2_with_data(database)
     with pytest.raises(MigrationFailed) as caught:

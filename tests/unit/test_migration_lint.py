@@ -37,6 +37,7 @@ def kinds(up_sql: str) -> list[tuple[int, str]]:
         ("DELETE FROM t;", "delete_without_where"),
         ("delete from t returning *;", "delete_without_where"),
         ("UPDATE t SET x = 1;", "update_without_where"),
+        ("UPDATE t SET x=1", "update_without_where"),  # no spaces, no semicolon
         ("UPDATE t SET x = 1 FROM u;", "update_without_where"),
         ("WITH c AS (SELECT 1) DELETE FROM t;", "delete_without_where"),
         ("WITH c AS (SELECT 1) UPDATE t SET x = (SELECT * FROM c);", "update_without_where"),
