@@ -68,8 +68,8 @@ async def add_migration(request: web.Request) -> web.Response:
     destructive = await check_chain(chain, limits, down_sql=down_sql, lint=not allow_destructive)
     if destructive:
         raise DestructiveMigration(
-            f"up_sql holds {len(destructive)} destructive statement(s);"
-            " send allow_destructive: true to accept them",
+            f"up_sql is destructive ({_listing(destructive)}); send allow_destructive: true"
+            " (edgesync schema add --allow-destructive) to accept it",
             details={"version": version, "statements": destructive},
         )
     record = MigrationRecord(
@@ -82,6 +82,14 @@ async def add_migration(request: web.Request) -> web.Response:
     )
     await store.add_migration(record)  # re-checks the version inside its transaction
     return json_response(record.to_api(), status=201)
+
+
+def _listing(statements: list[dict[str, object]], shown: int = 3) -> str:
+    """``statement 2: drop, statement 5: delete_without_where, …`` for the message."""
+    parts = [f"statement {s['index']}: {s['kind']}" for s in statements[:shown]]
+    if len(statements) > shown:
+        parts.append(f"{len(statements) - shown} more")
+    return ", ".join(parts)
 
 
 @routes.get("/api/v1/schemas")

@@ -156,6 +156,7 @@ async def test_destructive_statements_are_refused_with_each_listed(api: Api) -> 
     ]
     assert statements[0]["statement"] == 'drop table "t";' and statements[0]["reason"]
     assert error["details"]["version"] == 2
+    assert "statement 1: drop, statement 2: rename_table, statement 4:" in error["message"]
     listed = await api.json("GET", "/api/v1/schemas", headers=ADMIN)
     assert [m["version"] for m in listed["migrations"]] == [1]
 
@@ -203,3 +204,15 @@ async def test_down_sql_is_checked_up_down_up(
     assert f"({phase})" in error["message"]
     listed = await api.json("GET", "/api/v1/schemas", headers=ADMIN)
     assert [m["version"] for m in listed["migrations"]] == [1]
+
+
+async def test_the_message_names_the_first_findings_and_counts_the_rest(api: Api) -> None:
+    await api.add_schema(1, "".join(f"CREATE TABLE t{i} (x);\n" for i in range(5)))
+    up_sql = "".join(f"DROP TABLE t{i};\n" for i in range(5))
+    response = await api.post(
+        "/api/v1/schemas", json={"version": 2, "up_sql": up_sql}, headers=ADMIN
+    )
+    error = await expect_error(response, 400, "DESTRUCTIVE_MIGRATION")
+    assert len(error["details"]["statements"]) == 5
+    assert "statement 0: drop, statement 1: drop, statement 2: drop, 2 more)" in error["message"]
+    assert "--allow-destructive" in error["message"]
