@@ -27,6 +27,7 @@ import json
 import os
 import random
 import resource
+import ssl as tls
 import sys
 import time
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import HOST, BenchError, Server, call, edgesync_serve, expect, rss_bytes
+from bench.common import HOST, BenchError, Server, edgesync_serve, rss_bytes
 from bench.fleet_load import Fleet, Outcome, build_request, connect, schedule
 from bench.support import cpu_with_children
 
@@ -203,22 +204,20 @@ class Node:
     replica: int
 
 
-async def enroll(servers: list[Server], count: int, concurrency: int = 32) -> list[Node]:
+async def enroll(
+    servers: list[Server], count: int, concurrency: int = 32, ssl: tls.SSLContext | None = None
+) -> list[Node]:
     """Register ``count`` nodes (round-robin over the replicas), then poll each once for
     its ETag: the fleet is converged on the (empty) fleet target."""
     first = servers[0]
-    enrollment = expect(
-        call(first.base, "POST", "/api/v1/enrollment-tokens", headers=first.admin_headers(),
-             body={"max_uses": count, "ttl_seconds": 86400}),
-        201, "create enrollment token",
-    ).json()["token"]  # fmt: skip
+    enrollment = await _enrollment_token(first, count, ssl)
     nodes: list[Node | None] = [None] * count
     todo = iter(range(count))
 
     async def worker(replica: int) -> None:
         server = servers[replica % len(servers)]
-        host, port = server.base.removeprefix("http://").split(":")
-        connection = await connect(host, int(port), None)
+        host, port = server.base.split("://")[1].split(":")
+        connection = await connect(host, int(port), None, ssl)
         for index in todo:
             body = json.dumps(
                 {"name": f"sim-{index}", "region": "bench", "enrollment_token": enrollment}
@@ -239,6 +238,18 @@ async def enroll(servers: list[Server], count: int, concurrency: int = 32) -> li
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return [node for node in nodes if node is not None]
+
+
+async def _enrollment_token(server: Server, count: int, ssl: tls.SSLContext | None) -> str:
+    host, port = server.base.split("://")[1].split(":")
+    connection = await connect(host, int(port), None, ssl)
+    body = json.dumps({"max_uses": count, "ttl_seconds": 86400}).encode()
+    raw = build_request("POST", "/api/v1/enrollment-tokens", host, server.admin_headers(), body)
+    status = await connection.request(raw)
+    connection.close()
+    if status != 201:
+        raise BenchError(f"create enrollment token: HTTP {status} {connection.body[:200]!r}")
+    return str(json.loads(connection.body)["token"])
 
 
 def interval_requests(node: Node, host: str, kind: str) -> list[bytes]:
