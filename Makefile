@@ -20,6 +20,7 @@ PORT ?= 8080
 DATA_DIR ?= edgesync-data
 PLATFORM ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 # The WasmEdge wrapper build/wasmedge.sh provides (tests use it through EDGESYNC_WASMEDGE).
 WASMEDGE := .wasmedge/bin/wasmedge
 
@@ -64,8 +65,8 @@ lint: install ## ruff check, ruff format --check and mypy (config in pyproject.t
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: install ## Run the benchmarks (bench/run_all.py).
-	$(VENV_PY) bench/run_all.py
+bench: install ## Run the benchmarks (bench/run_all.py; BENCH_ARGS=--quick for small fleets, short runs).
+	$(VENV_PY) bench/run_all.py $(BENCH_ARGS)
 
 clean: ## Remove build output and caches (keeps .venv and ./edgesync-data).
 	rm -rf dist build/out .pytest_cache .mypy_cache .ruff_cache demo-data bench/out
