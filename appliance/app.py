@@ -25,6 +25,7 @@ from appliance.config import ServeConfig
 from appliance.metrics import Metrics
 from appliance.middleware import MIDDLEWARES
 from appliance.push.service import push_ctx
+from appliance.rollouts.engine import rollouts_ctx
 from appliance.services import CONFIG, METRICS, SERVICES, Services
 from appliance.signing import UrlSigner
 from appliance.store.db import open_database
@@ -46,6 +47,7 @@ def make_app(config: ServeConfig) -> web.Application:
     app.cleanup_ctx.append(_data_dir_ctx)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(push_ctx)  # MQTT broker and notifier, when enabled
+    app.cleanup_ctx.append(rollouts_ctx)  # every replica's rollout engine loop
     setup_routes(app)
     return app
 

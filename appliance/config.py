@@ -56,6 +56,8 @@ class ServeConfig:
     # Limits of the child process that checks a proposed migration chain.
     migration_check_timeout: float = 10.0
     migration_check_memory_mb: int = 256
+    # Seconds between the rollout engine's rounds (it also runs at once after an ack).
+    rollout_interval: float = 5.0
 
     @property
     def keepalive_seconds(self) -> float:
@@ -134,6 +136,8 @@ class ServeConfig:
             raise ValueError("--migration-check-timeout must be between 0.5 and 3600 seconds")
         if not 128 <= self.migration_check_memory_mb <= 65536:
             raise ValueError("--migration-check-memory must be between 128 and 65536 MiB")
+        if not 0.05 <= self.rollout_interval <= 60:
+            raise ValueError("--rollout-interval must be between 0.05 and 60 seconds")
         self._validate_mqtt()
 
     def _validate_mqtt(self) -> None:

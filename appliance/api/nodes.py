@@ -28,6 +28,7 @@ routes = web.RouteTableDef()
 
 NODE_STATUSES = ("online", "offline", "syncing")
 JTI_RE = re.compile(r"[0-9a-f]{32}")
+COUNTER_KEYS = ("invocations", "errors")
 
 
 def _labels(body: dict[str, Any]) -> dict[str, str]:
@@ -104,7 +105,29 @@ async def heartbeat(request: web.Request) -> web.Response:
         optional_str(body, "agent_version", 100),
         optional_str(body, "state_etag", 200),
     )
+    counters = function_counters(body)
+    if counters:  # the rollouts' health gate reads them (appliance/rollouts/engine.py)
+        await services(request).store.record_function_counters(node_id, counters, now)
     return json_response({"status": "online", "server_time": format_time(now)})
+
+
+def function_counters(body: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """``functions``: {"NAME": {"invocations": N, "errors": N}} since the last heartbeat."""
+    raw = body.get("functions") or {}
+    if not isinstance(raw, dict):
+        raise ValidationFailed("functions must be an object", details={"field": "functions"})
+    counters: dict[str, tuple[int, int]] = {}
+    for name, counts in raw.items():
+        values = [counts.get(k, 0) if isinstance(counts, dict) else None for k in COUNTER_KEYS]
+        if len(name) > 63 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53 for v in values
+        ):
+            raise ValidationFailed(
+                "function counters are non-negative integers",
+                details={"field": f"functions.{name[:63]}"},
+            )
+        counters[name] = (int(values[0]), int(values[1]))  # type: ignore[arg-type]
+    return counters
 
 
 @routes.post("/api/v1/nodes/{node_id}/token/rotate")

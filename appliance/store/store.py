@@ -14,6 +14,7 @@ from appliance.store.functions import STALE_UPLOAD, FunctionStore
 from appliance.store.instances import InstanceStore
 from appliance.store.nodes import NodeStore
 from appliance.store.releases import ReleaseStore
+from appliance.store.rollouts import RolloutControl
 from appliance.store.syncs import SyncStore
 from appliance.store.targets import TargetStore
 
@@ -21,7 +22,14 @@ __all__ = ["STALE_UPLOAD", "Store", "decode_cursor", "encode_cursor"]
 
 
 class Store(
-    ReleaseStore, FleetStore, NodeStore, FunctionStore, InstanceStore, TargetStore, SyncStore
+    ReleaseStore,
+    FleetStore,
+    RolloutControl,
+    NodeStore,
+    FunctionStore,
+    InstanceStore,
+    TargetStore,
+    SyncStore,
 ):
     """Domain-level reads and writes over a :class:`~appliance.store.db.Database`.
 

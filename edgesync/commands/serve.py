@@ -125,6 +125,14 @@ import click
     help="Seconds between looks at the database for other replicas' changes.",
 )
 @click.option(
+    "--rollout-interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 60),
+    envvar="EDGESYNC_ROLLOUT_INTERVAL",
+    help="Seconds between rollout evaluations (waves, timeouts, health gates).",
+)
+@click.option(
     "--migration-check-timeout",
     default=10.0,
     show_default=True,
@@ -175,6 +183,7 @@ def serve(
     mqtt_broker: str | None,
     mqtt_public_url: str | None,
     mqtt_watch_interval: float,
+    rollout_interval: float,
     migration_check_timeout: float,
     migration_check_memory: int,
     bcrypt_cost: int,
@@ -220,6 +229,7 @@ def serve(
         mqtt_watch_interval=mqtt_watch_interval,
         migration_check_timeout=migration_check_timeout,
         migration_check_memory_mb=migration_check_memory,
+        rollout_interval=rollout_interval,
         bcrypt_rounds=bcrypt_cost,
     )
     try:

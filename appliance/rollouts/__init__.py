@@ -1,0 +1,1 @@
+"""Staged rollouts: selection and waves (pure), and the engine that advances them."""
