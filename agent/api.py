@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -12,7 +12,15 @@ import aiohttp
 from agent import __version__ as agent_version
 from edgesync.errors import EdgesyncError
 from edgesync.neterrors import answered_error, file_problem, origin, unreachable
-from edgesync.protocol import Ack, NodeState, Plan
+from edgesync.protocol import (
+    AGENT_VERSION_HEADER,
+    LIVENESS_RECORDED,
+    LIVENESS_RECORDED_HEADER,
+    STATE_ETAG_HEADER,
+    Ack,
+    NodeState,
+    Plan,
+)
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
 # Everything that means "could not talk to the server" (TimeoutError is an OSError).
@@ -42,6 +50,9 @@ class ControlPlane:
                     f"cannot use --ca-file {ca_file}: {file_problem(exc)}", code="BAD_TLS_FILES"
                 ) from exc
         self._session: aiohttp.ClientSession | None = None
+        # Whether the last poll's answer said the control plane recorded the liveness
+        # it carried; an older control plane does not, and needs a heartbeat each time.
+        self.liveness_on_poll = False
 
     async def __aenter__(self) -> ControlPlane:
         return self
@@ -111,8 +122,11 @@ class ControlPlane:
         _, answer, _ = await self._call("POST", "/api/v1/nodes/register", body)
         return dict(answer)
 
-    async def heartbeat(self, node_id: str, state: NodeState) -> dict[str, Any]:
-        body = {"agent_version": agent_version, "state_etag": state.digest()}
+    async def heartbeat(
+        self, node_id: str, state: NodeState, report: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Liveness and facts; ``report`` adds what the node has to tell (counters)."""
+        body = {**(report or {}), "agent_version": agent_version, "state_etag": state.digest()}
         _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/heartbeat", body)
         return dict(answer)
 
@@ -122,14 +136,29 @@ class ControlPlane:
         _, answer, _ = await self._call("POST", f"/api/v1/nodes/{node_id}/token/rotate", body)
         return dict(answer)
 
-    async def plan(self, node_id: str, etag: str | None, *, full: bool = False) -> Plan | None:
+    async def plan(
+        self,
+        node_id: str,
+        etag: str | None,
+        *,
+        full: bool = False,
+        state: NodeState | None = None,
+    ) -> Plan | None:
         """The node's plan, or None when ``etag`` is still current (304).
 
         ``full``: the plan as if the node held no functions (to repair its cache).
+        ``state``: the node's state, whose digest the poll carries with the agent
+        version as its liveness (docs/protocol.md), so no heartbeat is needed.
         """
-        headers = {"If-None-Match": etag} if etag else None
+        headers = {AGENT_VERSION_HEADER: agent_version}
+        if state is not None:
+            headers[STATE_ETAG_HEADER] = state.digest()
+        if etag:
+            headers["If-None-Match"] = etag
         path = f"/api/v1/nodes/{node_id}/sync" + ("?full=true" if full else "")
-        status, answer, _ = await self._call("GET", path, headers=headers)
+        status, answer, answered = await self._call("GET", path, headers=headers)
+        said = {name.lower(): value for name, value in answered.items()}
+        self.liveness_on_poll = said.get(LIVENESS_RECORDED_HEADER.lower()) == LIVENESS_RECORDED
         if status == 304:
             return None
         return Plan.from_dict(answer)

@@ -1,7 +1,7 @@
 """The agent's life: enroll once, then poll, reconcile and report, forever.
 
-``Agent.sync_once()`` is one step (heartbeat, token rotation, plan, release,
-ack) and knows nothing of time; ``Agent.run()`` repeats it on the poll
+``Agent.sync_once()`` is one step (token rotation, a heartbeat when there is
+news, plan, release, ack) and knows nothing of time; ``Agent.run()`` repeats it on the poll
 interval with jitter, or on the retry schedule after a failure, through an
 injectable :class:`~agent.backoff.Clock`.
 """
@@ -49,6 +49,9 @@ STATUS_FILE = "agent-status.json"
 # Rotate once less than this share of the token's lifetime remains (at most 30 days).
 ROTATE_AT_REMAINING = 1 / 3
 ROTATE_AT_MOST_SECONDS = 30 * 24 * 3600
+# The poll carries the node's liveness; a heartbeat goes out only with something
+# new to report (state, a pending report) or after this many intervals without one.
+HEARTBEAT_EVERY_INTERVALS = 10
 
 
 @dataclass
@@ -111,6 +114,12 @@ class Agent:
         self._last_sync_at: str | None = None
         self._outage = _Outage()
         self._refused_poll_interval: object = None  # warned about once
+        # What the next heartbeat must carry besides liveness (e.g. per-function
+        # counters): fields of the heartbeat body. A non-empty report makes the next
+        # interval send a heartbeat; it is cleared once delivered.
+        self.pending_report: dict[str, Any] = {}
+        self._reported_state: str | None = None  # state digest of the last heartbeat
+        self._intervals_since_heartbeat = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -235,16 +244,18 @@ class Agent:
         return jittered(self.poll_interval, self.rng)
 
     async def sync_once(self) -> Outcome:
-        """Heartbeat, maybe rotate the token, fetch the plan, apply it, ack."""
+        """Maybe heartbeat, maybe rotate the token, fetch the plan, apply it, ack."""
         assert self.api is not None and self.reconciler is not None
         try:
             local = await self.reconciler.local_state()
             await self._maybe_rotate()
-            await self.api.heartbeat(self.node_id, local)
+            await self._maybe_heartbeat(local)
             # A module gone from the cache (disk fault, tampering) is not served:
             # ask for the plan as if the node held no functions, to fetch it again.
             repair = bool(self.reconciler.missing_modules(local))
-            plan = await self.api.plan(self.node_id, None if repair else self._etag, full=repair)
+            plan = await self.api.plan(
+                self.node_id, None if repair else self._etag, full=repair, state=local
+            )
         except Exception as exc:
             self._transient_failures += 1
             error = classify(exc)
@@ -259,6 +270,31 @@ class Agent:
         if plan.is_empty or plan.sync_id is None:
             return self._record(Outcome("converged", state=local))
         return self._record(await self._release(plan))
+
+    def heartbeat_due(self, local: NodeState) -> bool:
+        """A converged node's poll is its liveness; a heartbeat is for news."""
+        assert self.api is not None
+        return (
+            not self.api.liveness_on_poll  # an older control plane, or no poll answered yet
+            or bool(self.pending_report)
+            or local.digest() != self._reported_state
+            or self._intervals_since_heartbeat + 1 >= HEARTBEAT_EVERY_INTERVALS
+        )
+
+    async def _maybe_heartbeat(self, local: NodeState) -> None:
+        assert self.api is not None
+        if not self.heartbeat_due(local):
+            self._intervals_since_heartbeat += 1
+            return
+        report, self.pending_report = self.pending_report, {}
+        try:
+            await self.api.heartbeat(self.node_id, local, report)
+        except BaseException:
+            for key, value in report.items():  # not delivered: the next interval tries again
+                self.pending_report.setdefault(key, value)
+            raise
+        self._reported_state = local.digest()
+        self._intervals_since_heartbeat = 0
 
     async def _release(self, plan: Plan) -> Outcome:
         assert self.api is not None and self.reconciler is not None and plan.sync_id

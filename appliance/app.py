@@ -22,6 +22,10 @@ from appliance.api import setup_routes
 from appliance.artifacts import open_artifact_store
 from appliance.auth import Authority
 from appliance.config import ServeConfig
+from appliance.fast_poll import PollFastPath
+from appliance.fleet_cache import FleetCache, TargetSource
+from appliance.generation_watch import GenerationWatch
+from appliance.liveness import LivenessBuffer
 from appliance.metrics import Metrics
 from appliance.middleware import MIDDLEWARES
 from appliance.push.service import push_ctx
@@ -29,6 +33,7 @@ from appliance.rollouts.engine import rollouts_ctx
 from appliance.services import CONFIG, METRICS, SERVICES, Services
 from appliance.signing import UrlSigner
 from appliance.store.db import open_database
+from appliance.store.records import Target
 from appliance.store.store import Store
 from appliance.sync_service import SyncService
 from appliance.upload_claims import UploadClaims
@@ -102,9 +107,18 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
             )
             url_key = await store.secret("download_url_key", lambda: secrets.token_hex(32))
             signer = UrlSigner(bytes.fromhex(url_key), config.url_ttl_seconds)
+            cache = FleetCache(
+                store.node_stamp,
+                _target_source(store),
+                shared=database.shared,
+                # Cached plans carry signed URLs: never serve one past a third of their TTL.
+                plan_ttl_seconds=min(config.plan_cache_ttl_seconds, signer.ttl_seconds / 3),
+            )
+            store.add_commit_listener(cache.committed)
             authority = Authority(
                 store,
                 metrics,
+                cache.stamp,
                 admin_token=load_admin_token(config),
                 signing_key=signing_key,
                 node_token_ttl=timedelta(days=config.node_token_ttl_days),
@@ -112,25 +126,59 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
             )
             sync = SyncService(
                 store,
+                cache,
                 signer,
                 metrics,
-                cache_ttl_seconds=config.plan_cache_ttl_seconds,
                 delivery=config.artifact_delivery,
                 presign=artifacts.presigned_url,
+                artifact_public_url=config.artifact_public_url,
+            )
+            watch = GenerationWatch(store.generation, cache.saw_generation)
+            store.add_commit_listener(lambda tx: watch.wake() if tx.bumped else None)
+            liveness = LivenessBuffer(store.record_liveness)
+            fast_poll = PollFastPath(
+                authority, cache, liveness, metrics.plans.labels("not_modified").inc
             )
             uploads = UploadClaims(store, config.data_dir)
             await uploads.start()
+            watch.start()
+            liveness.start()
             try:
                 app[SERVICES] = Services(
-                    config, store, artifacts, authority, signer, sync, metrics, uploads
+                    config,
+                    store,
+                    artifacts,
+                    authority,
+                    signer,
+                    sync,
+                    metrics,
+                    uploads,
+                    cache,
+                    liveness,
+                    watch,
+                    fast_poll,
                 )
+                metrics.watch_poll_path(cache, liveness, fast_poll)
                 yield
             finally:
+                await liveness.close()  # what is pending is written before the database closes
+                await watch.close()
                 await uploads.close()
         finally:
             await artifacts.close()
     finally:
         await database.close()
+
+
+def _target_source(store: Store) -> TargetSource:
+    """A release's target (``release_target``), or the fleet-wide one for None."""
+
+    async def target(release_id: str | None) -> Target:
+        if release_id is None:
+            return await store.target()
+        return await store.release_target(release_id)
+
+    return target
 
 
 def load_admin_token(config: ServeConfig) -> str:

@@ -38,6 +38,10 @@ class ServeConfig:
     # URLs) or at this control plane ("proxy"), for sites whose nodes cannot
     # reach the store. The folder store always proxies.
     artifact_delivery: str = "direct"
+    # With direct delivery: nodes download ``<this>/<storage key>`` (a CDN or caching
+    # proxy in front of the bucket) instead of presigned URLs; the plan's SHA-256
+    # is what they trust.
+    artifact_public_url: str | None = None
     # MinIO/S3 by the seed's variables, when no --artifact-url is given.
     minio_endpoint: str | None = None
     minio_access_key: str | None = None
@@ -125,6 +129,10 @@ class ServeConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.artifact_delivery not in ("direct", "proxy"):
             raise ValueError("--artifact-delivery must be direct or proxy")
+        if self.artifact_public_url is not None and not self.artifact_public_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("--artifact-public-url must be an http(s) URL")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("EDGESYNC_ADMIN_TOKEN must be at least 16 characters")
         if bool(self.minio_access_key) != bool(self.minio_secret_key):

@@ -1,6 +1,8 @@
 """Middlewares: one structured log line per request, metrics, errors, auth.
 
-Order (outermost first): ``observe`` times and logs whatever comes back,
+Order (outermost first): ``fast_poll`` answers a converged node's poll from
+memory (``appliance.fast_poll``) and hands everything else on, ``observe``
+times and logs whatever comes back (a 304 poll is counted, not logged),
 ``render_errors`` (shared with the agent's gateway: ``edgesync.http_errors``)
 turns every exception into the error envelope, ``refuse_nul`` turns away a NUL
 in the path or query, and ``authenticate`` sets the caller, by the access rule of
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from appliance.api.common import PRINCIPAL
 from appliance.artifacts import ArtifactStoreUnavailable
+from appliance.fast_poll import SYNC_ROUTE
 from appliance.services import METRICS, SERVICES
 from appliance.store.db import DatabaseUnavailable
 from edgesync.errors import EdgesyncError, MalformedRequest, ServiceUnavailable
@@ -67,6 +70,16 @@ def route_access(request: web.Request) -> Access | None:
 
 
 @web.middleware
+async def fast_poll(request: web.Request, handler: Handler) -> web.StreamResponse:
+    svc = request.app.get(SERVICES)
+    if svc is not None:
+        answer = svc.fast_poll.answer(request)
+        if answer is not None:
+            return answer
+    return await handler(request)
+
+
+@web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
@@ -79,7 +92,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The template, never the raw path: ids would explode label cardinality.
         route = route_template(request) or "unmatched"
         request.app[METRICS].observe_request(request.method, route, status, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
+        # A fleet's unchanged polls would be most of the log: counted above, not logged.
+        quiet = status == 304 and route == SYNC_ROUTE
+        if not quiet and access_log.isEnabledFor(logging.INFO):
             caller = request.get(PRINCIPAL)
             # Only the path: query strings carry download signatures.
             access_log.info(
@@ -143,4 +158,4 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-MIDDLEWARES = [observe, render_errors, refuse_nul, authenticate]
+MIDDLEWARES = [fast_poll, observe, render_errors, refuse_nul, authenticate]

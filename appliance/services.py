@@ -9,6 +9,10 @@ from aiohttp import web
 from appliance.artifacts import ArtifactStore
 from appliance.auth import Authority
 from appliance.config import ServeConfig
+from appliance.fast_poll import PollFastPath
+from appliance.fleet_cache import FleetCache
+from appliance.generation_watch import GenerationWatch
+from appliance.liveness import LivenessBuffer
 from appliance.metrics import Metrics
 from appliance.signing import UrlSigner
 from appliance.store.store import Store
@@ -26,6 +30,10 @@ class Services:
     sync: SyncService
     metrics: Metrics
     uploads: UploadClaims
+    cache: FleetCache
+    liveness: LivenessBuffer
+    watch: GenerationWatch
+    fast_poll: PollFastPath
 
 
 SERVICES = web.AppKey("services", Services)

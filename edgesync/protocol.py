@@ -30,6 +30,15 @@ ARTIFACT_BUCKET = "wasm-functions"
 # tries: the control plane then stops offering that plan until the target changes.
 PLAN_REJECTED = "PLAN_REJECTED"
 
+# Liveness on the poll (docs/protocol.md): the facts a heartbeat carries, sent as
+# headers of GET …/sync, so a converged node makes one request per interval.
+AGENT_VERSION_HEADER = "X-Edgesync-Agent-Version"
+STATE_ETAG_HEADER = "X-Edgesync-State-Etag"
+# Answered by a control plane that recorded the poll's liveness; an agent that
+# never sees it (an older control plane) heartbeats every interval as before.
+LIVENESS_RECORDED_HEADER = "X-Edgesync-Liveness"
+LIVENESS_RECORDED = "recorded"
+
 
 def artifact_key(name: str, version: str) -> str:
     """The seed's object key layout inside the ``wasm-functions`` bucket."""

@@ -21,7 +21,7 @@ from appliance.auth import token_digest
 from appliance.push.service import mqtt_registration
 from appliance.services import services
 from appliance.store.records import NodeRecord
-from edgesync.errors import Unauthorized, ValidationFailed
+from edgesync.errors import NotFound, Unauthorized, ValidationFailed
 from edgesync.protocol import format_time, utcnow
 
 routes = web.RouteTableDef()
@@ -98,17 +98,21 @@ async def heartbeat(request: web.Request) -> web.Response:
     principal(request).require_node(node_id)
     body = await read_json(request, allow_empty=True)
     refuse_too_many(body, ("functions",), "heartbeat.functions")
-    now = utcnow()
-    await services(request).store.heartbeat(
+    svc = services(request)
+    stamp = await svc.sync.cache.stamp(node_id)
+    if stamp is None:
+        raise NotFound("node not found", details={"node_id": node_id})
+    # Liveness joins the replica's batch (written within about a second), like a poll's.
+    svc.liveness.seen(
         node_id,
-        now,
+        stamp.poll_interval_seconds,
         optional_str(body, "agent_version", 100),
         optional_str(body, "state_etag", 200),
     )
     counters = function_counters(body)
     if counters:  # the rollouts' health gate reads them (appliance/rollouts/engine.py)
-        await services(request).store.record_function_counters(node_id, counters, now)
-    return json_response({"status": "online", "server_time": format_time(now)})
+        await svc.store.record_function_counters(node_id, counters, utcnow())
+    return json_response({"status": "online", "server_time": format_time(utcnow())})
 
 
 def function_counters(body: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -162,6 +166,7 @@ async def list_nodes(request: web.Request) -> web.Response:
         raise ValidationFailed(
             f"status must be one of {', '.join(NODE_STATUSES)}", details={"field": "status"}
         )
+    await services(request).liveness.flush()  # this replica's newest liveness first
     now = utcnow()
     nodes, cursor = await services(request).store.list_nodes(
         now=now,
@@ -179,6 +184,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 async def get_node(request: web.Request) -> web.Response:
     node_id = request.match_info["node_id"]
     principal(request).require_node_or_admin(node_id)
+    await services(request).liveness.flush()
     store = services(request).store
     node = await store.get_node(node_id)
     releases = await store.effective_release_ids([node_id])

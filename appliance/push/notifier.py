@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from appliance.push.broker import Publisher, PublishFailed
 from appliance.store.store import Store
+from appliance.store.transaction import Transaction
 from edgesync.mqtt import FLEET_TOPIC, Notification, node_topic
 
 log = logging.getLogger("edgesync.mqtt")
@@ -58,16 +59,20 @@ class Notifier:
             self._last = await self._store.generation()
         except Exception as exc:  # the loop takes the generation once it can
             log.warning("fleet generation not readable yet: %s", type(exc).__name__)
-        self._store.add_generation_listener(self.wake)
+        self._store.add_commit_listener(self._committed)
         self._task = asyncio.create_task(self._run(), name="edgesync-mqtt-notifier")
 
     async def close(self) -> None:
-        self._store.remove_generation_listener(self.wake)
+        self._store.remove_commit_listener(self._committed)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def _committed(self, tx: Transaction) -> None:
+        if tx.bumped:
+            self.wake()
 
     def wake(self) -> None:
         """This process committed a change: look now instead of at the next tick."""

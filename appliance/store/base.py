@@ -4,7 +4,10 @@ Runs unchanged on SQLite and PostgreSQL/CockroachDB (see ``db.py``). Every write
 goes through :meth:`StoreBase._write`, a transaction in a retry loop on
 serialization failures (CockroachDB's SQLSTATE 40001). Every change that alters
 plans bumps the fleet generation in the same transaction; the plan cache of
-every replica is keyed by it. The SQL of each aggregate lives in its own module
+every replica is keyed by it. The store is SQL only: it caches nothing. Each
+write body runs on a :class:`Transaction` that records what it bumped, handed
+after the transaction to the commit listeners (the poll path's ``FleetCache``,
+the one place that decides invalidation). The SQL of each aggregate lives in its own module
 (nodes, functions, targets, syncs); :class:`appliance.store.store.Store` joins them.
 """
 
@@ -15,7 +18,6 @@ import base64
 import json
 import random
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -26,7 +28,8 @@ from appliance.store.db import (
     SerializationFailure,
 )
 from appliance.store.migrate import run_migrations
-from appliance.store.records import FleetChange, NodeStamp
+from appliance.store.records import FleetChange
+from appliance.store.transaction import Transaction
 from edgesync.errors import ServiceUnavailable, ValidationFailed
 from edgesync.protocol import format_time
 
@@ -36,8 +39,6 @@ WRITE_ATTEMPTS = 8
 # fleet_changes keeps this many generations: enough for any notifier that is
 # merely slow (one that falls further behind notifies the whole fleet instead).
 FLEET_CHANGES_KEPT = 1000
-# Set by _write for the transaction body it runs: did the body bump the generation?
-_BUMPED: ContextVar[list[bool] | None] = ContextVar("edgesync_generation_bumped", default=None)
 
 
 def encode_cursor(*parts: str) -> str:
@@ -64,15 +65,9 @@ class StoreBase:
         # (``on_retry`` is called for each: the app counts them in /metrics).
         self.serialization_retries = 0
         self._on_retry = on_retry
-        # A database no other process writes lets us trust what we wrote: the
-        # generation and the node stamps are then served from memory.
-        self._generation: int | None = None
-        self._stamps: dict[str, NodeStamp] = {}
-        # Bumped after every committed write. A read that started before a
-        # commit must not fill a cache after it: it compares epochs first.
-        self._epoch = 0
-        # Called after a commit that bumped the fleet generation (the MQTT notifier).
-        self._generation_listeners: list[Callable[[], None]] = []
+        # Called with every write transaction that changed what caches hold
+        # (bumped the generation or touched a node's stamp), committed or not.
+        self._commit_listeners: list[Callable[[Transaction], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -98,27 +93,29 @@ class StoreBase:
             "the database kept aborting the transaction on conflicts", retry_after=1
         )
 
-    async def _write(self, body: Callable[[Connection], Awaitable[T]]) -> T:
-        bumped: list[bool] = []
-        reset = _BUMPED.set(bumped)
-        try:
-            result = await self._write_with_retries(body)
-        finally:
-            _BUMPED.reset(reset)
-            self._invalidate()
-        if bumped:  # committed: tell whoever watches the generation in this process
-            for listener in list(self._generation_listeners):
-                listener()
-        return result
+    async def _write(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``body`` in a write transaction (retried on conflicts), then tell the
+        commit listeners what its last run changed. A failed transaction is told
+        too (``committed`` False): its commit may be ambiguous, so caches forget."""
+        last: list[Transaction] = []
 
-    def _invalidate(self, node_id: str | None = None) -> None:
-        self._epoch += 1
-        self._generation = None
-        if node_id is not None:
-            self._stamps.pop(node_id, None)
+        async def run(connection: Connection) -> T:
+            tx = Transaction(connection)
+            last[:] = [tx]
+            return await body(tx)
+
+        try:
+            result = await self._write_with_retries(run)
+            if last:
+                last[0].committed = True
+            return result
+        finally:
+            if last and last[0].changes_caches:
+                for listener in list(self._commit_listeners):
+                    listener(last[0])
 
     async def _bump_generation(
-        self, tx: Connection, reason: str, node_ids: list[str] | None = None
+        self, tx: Transaction, reason: str, node_ids: list[str] | None = None
     ) -> None:
         """Move the fleet generation on and record why, in the caller's transaction.
 
@@ -142,9 +139,7 @@ class StoreBase:
         await tx.execute(
             "DELETE FROM fleet_changes WHERE generation <= ?", (generation - FLEET_CHANGES_KEPT,)
         )
-        marker = _BUMPED.get()
-        if marker is not None:
-            marker.append(True)
+        tx.bump(reason)
 
     # -- secrets and the fleet generation -------------------------------------------
 
@@ -166,13 +161,14 @@ class StoreBase:
 
         return await self._write(create)
 
-    def add_generation_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` after each commit of this process that bumps the generation."""
-        self._generation_listeners.append(listener)
+    def add_commit_listener(self, listener: Callable[[Transaction], None]) -> None:
+        """Call ``listener(tx)`` after each write of this process that changed what
+        caches hold (``tx.bumped``, ``tx.touched``)."""
+        self._commit_listeners.append(listener)
 
-    def remove_generation_listener(self, listener: Callable[[], None]) -> None:
-        if listener in self._generation_listeners:
-            self._generation_listeners.remove(listener)
+    def remove_commit_listener(self, listener: Callable[[Transaction], None]) -> None:
+        if listener in self._commit_listeners:
+            self._commit_listeners.remove(listener)
 
     async def fleet_changes(self, *, after: int, upto: int, limit: int = 1000) -> list[FleetChange]:
         """Recorded changes with ``after < generation <= upto``, oldest first."""
@@ -184,14 +180,9 @@ class StoreBase:
         return [FleetChange.from_row(row) for row in rows]
 
     async def generation(self) -> int:
-        if self._generation is not None and not self.db.shared:
-            return self._generation
-        epoch = self._epoch
+        """The fleet generation as the database has it now (the FleetCache caches it)."""
         row = await self.db.fetchone("SELECT generation FROM fleet_state WHERE id = 1")
-        value = int(row["generation"]) if row else 0
-        if epoch == self._epoch:
-            self._generation = value
-        return value
+        return int(row["generation"]) if row else 0
 
     async def _page(
         self, table: str, clauses: list[str], params: list[Any], limit: int, cursor: str | None

@@ -9,6 +9,7 @@ from typing import Any
 from appliance.store.base import StoreBase
 from appliance.store.db import Connection, IntegrityViolation, Row
 from appliance.store.records import FunctionRecord
+from appliance.store.transaction import Transaction
 from edgesync.errors import FunctionExists, NotFound
 from edgesync.protocol import format_time
 
@@ -87,7 +88,7 @@ class FunctionStore(StoreBase):
     async def publish_function(self, function_id: str) -> None:
         """The object is stored: make the version part of the target."""
 
-        async def publish(tx: Connection) -> None:
+        async def publish(tx: Transaction) -> None:
             changed = await tx.execute(
                 "UPDATE functions SET status = 'ready' WHERE id = ? AND status = 'uploading'",
                 (function_id,),
@@ -144,7 +145,7 @@ class FunctionStore(StoreBase):
     async def delete_function(self, function_id: str, now: datetime) -> FunctionRecord:
         """Withdraw a version from the target. The row stays: versions are never reused."""
 
-        async def delete(tx: Connection) -> FunctionRecord:
+        async def delete(tx: Transaction) -> FunctionRecord:
             row = await tx.fetchone(
                 "SELECT * FROM functions WHERE id = ? AND deleted_at IS NULL AND status = 'ready'",
                 (function_id,),

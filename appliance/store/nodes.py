@@ -1,46 +1,55 @@
-"""Nodes and their tokens: enrollment, registration, heartbeats, rotation, listing."""
+"""Nodes and their tokens: enrollment, registration, liveness, rotation, listing."""
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timedelta
 from typing import Any
 
 from appliance.store.base import StoreBase, now
 from appliance.store.db import Connection
-from appliance.store.records import EnrollmentTokenRecord, NodeRecord, NodeStamp
+from appliance.store.records import (
+    OFFLINE_AFTER_INTERVALS,
+    EnrollmentTokenRecord,
+    LivenessMark,
+    NodeRecord,
+    NodeStamp,
+)
+from appliance.store.releases import stamp_release_id
+from appliance.store.transaction import Transaction
 from edgesync.errors import InvalidEnrollmentToken, NotFound
 from edgesync.protocol import FunctionRef, format_time
+
+# Five parameters a row: far below SQLite's 32,766 and PostgreSQL's 65,535.
+LIVENESS_ROWS_PER_STATEMENT = 1000
 
 
 class NodeStore(StoreBase):
     """The SQL of the node aggregate (``nodes``, ``enrollment_tokens``, deployments)."""
 
     async def node_stamp(self, node_id: str) -> NodeStamp | None:
-        """Token id, state revision and fleet generation: all the poll path needs."""
-        if not self.db.shared:
-            stamp = self._stamps.get(node_id)
-            generation = await self.generation()
-            if stamp is not None and stamp.generation == generation:
-                return stamp
-        epoch = self._epoch
+        """Token ids, state revision, poll interval and fleet generation: all the poll
+        path needs, in one indexed lookup (the FleetCache keeps it in memory)."""
         row = await self.db.fetchone(
-            "SELECT n.token_jti, n.previous_token_jti, n.state_seq, f.generation"
+            "SELECT n.token_jti, n.previous_token_jti, n.state_seq, n.poll_interval_seconds,"
+            " f.generation, n.release_id, n.pinned_release_id, f.auto_release,"
+            " f.default_release_id,"
+            " (SELECT r.id FROM releases r ORDER BY r.number DESC LIMIT 1) AS latest_release_id"
             " FROM nodes n, fleet_state f WHERE n.id = ? AND f.id = 1",
             (node_id,),
         )
         if row is None:
             return None
-        stamp = NodeStamp(
+        return NodeStamp(
             node_id,
             row["token_jti"],
             int(row["state_seq"]),
             int(row["generation"]),
             row["previous_token_jti"],
+            poll_interval_seconds=int(row["poll_interval_seconds"]),
+            release_id=stamp_release_id(row),
         )
-        if not self.db.shared and epoch == self._epoch:
-            self._stamps[node_id] = stamp
-        return stamp
 
     # -- enrollment tokens ----------------------------------------------------------
 
@@ -165,24 +174,48 @@ class NodeStore(StoreBase):
         )
         return {key: int((row or {}).get(key) or 0) for key in ("online", "syncing", "offline")}
 
+    async def record_liveness(self, marks: list[LivenessMark]) -> int:
+        """Write a batch of liveness marks, ``LIVENESS_ROWS_PER_STATEMENT`` per statement.
+
+        An agent version or state ETag a mark does not carry is kept. Unknown
+        nodes match no row. Returns the rows updated. (Replicas flush about once a
+        second each: one flushing late moves a node's times back by at most that.)
+        """
+        updated = 0
+        for start in range(0, len(marks), LIVENESS_ROWS_PER_STATEMENT):
+            chunk = marks[start : start + LIVENESS_ROWS_PER_STATEMENT]
+            updated += await self._write(functools.partial(self._write_liveness, chunk))
+        return updated
+
     async def heartbeat(
         self, node_id: str, now: datetime, agent_version: str | None, state_etag: str | None
     ) -> None:
-        async def beat(tx: Connection) -> None:
-            row = await tx.fetchone(
-                "SELECT poll_interval_seconds FROM nodes WHERE id = ?", (node_id,)
-            )
-            if row is None:
-                raise NotFound("node not found", details={"node_id": node_id})
-            offline_after = now + timedelta(seconds=3 * int(row["poll_interval_seconds"]))
-            await tx.execute(
-                "UPDATE nodes SET last_heartbeat_at = ?, offline_after = ?,"
-                " agent_version = COALESCE(?, agent_version), state_etag = COALESCE(?, state_etag)"
-                " WHERE id = ?",
-                (format_time(now), format_time(offline_after), agent_version, state_etag, node_id),
-            )
+        """One node's liveness, written at once (tools and tests; the API batches
+        through ``appliance.liveness.LivenessBuffer``)."""
+        stamp = await self.node_stamp(node_id)
+        if stamp is None:
+            raise NotFound("node not found", details={"node_id": node_id})
+        offline = now + timedelta(seconds=OFFLINE_AFTER_INTERVALS * stamp.poll_interval_seconds)
+        mark = LivenessMark(
+            node_id, format_time(now), format_time(offline), agent_version, state_etag
+        )
+        await self.record_liveness([mark])
 
-        await self._write(beat)
+    async def _write_liveness(self, chunk: list[LivenessMark], tx: Connection) -> int:
+        values = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
+        params: list[Any] = []
+        for mark in chunk:
+            params += [mark.node_id, mark.seen_at, mark.offline_after]
+            params += [mark.agent_version, mark.state_etag]
+        # VALUES columns are column1..column5 on SQLite and PostgreSQL alike.
+        return await tx.execute(
+            "UPDATE nodes SET"
+            " last_heartbeat_at = v.column2, offline_after = v.column3,"
+            " agent_version = COALESCE(v.column4, nodes.agent_version),"
+            " state_etag = COALESCE(v.column5, nodes.state_etag)"
+            f" FROM (VALUES {values}) AS v WHERE nodes.id = v.column1",
+            params,
+        )
 
     async def rotate_token(
         self, node_id: str, old_jti: str, new_jti: str, token_hash: str, expires_at: str
@@ -197,7 +230,7 @@ class NodeStore(StoreBase):
         whose answer was lost is not locked out.
         """
 
-        async def rotate(tx: Connection) -> bool:
+        async def rotate(tx: Transaction) -> bool:
             row = await tx.fetchone(
                 "SELECT token_jti, previous_token_jti FROM nodes WHERE id = ?", (node_id,)
             )
@@ -219,12 +252,10 @@ class NodeStore(StoreBase):
                 " previous_token_jti = ? WHERE id = ?",
                 (new_jti, token_hash, expires_at, old_jti, node_id),
             )
+            tx.touch(node_id)  # the cached stamp names the old token
             return True
 
-        try:
-            return await self._write(rotate)
-        finally:
-            self._invalidate(node_id)
+        return await self._write(rotate)
 
     async def _remember_jti(self, tx: Connection, node_id: str, jti: str, moment: str) -> None:
         await tx.execute(

@@ -221,6 +221,25 @@ class NodeStamp:
     generation: int
     # The token rotated away last: it may only repeat that rotation (see auth.py).
     previous_token_jti: str | None = None
+    poll_interval_seconds: int = 30  # liveness: offline after 3 intervals
+    # The release whose target the node follows (pinned > assigned > fleet default);
+    # None: no release exists yet, the fleet-wide target.
+    release_id: str | None = None
+
+
+# A node is offline once this many poll intervals passed without a sign of life.
+OFFLINE_AFTER_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class LivenessMark:
+    """A node seen alive (a poll or heartbeat), waiting for the next batched write."""
+
+    node_id: str
+    seen_at: str
+    offline_after: str
+    agent_version: str | None = None
+    state_etag: str | None = None
 
 
 @dataclass

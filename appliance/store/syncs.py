@@ -10,6 +10,7 @@ from datetime import datetime
 from appliance.store.base import StoreBase
 from appliance.store.db import Connection
 from appliance.store.records import SyncRecord
+from appliance.store.transaction import Transaction
 from edgesync.errors import NotFound
 from edgesync.protocol import PLAN_REJECTED, Ack, format_time
 
@@ -97,7 +98,7 @@ class SyncStore(StoreBase):
         """
         digest = hashlib.sha256(json.dumps(ack.to_dict(), sort_keys=True).encode()).hexdigest()
 
-        async def apply(tx: Connection) -> AckOutcome:
+        async def apply(tx: Transaction) -> AckOutcome:
             row = await tx.fetchone("SELECT * FROM sync_records WHERE id = ?", (ack.sync_id,))
             if row is None or row["node_id"] != node_id:
                 raise NotFound("sync not found", details={"sync_id": ack.sync_id})
@@ -112,12 +113,10 @@ class SyncStore(StoreBase):
                 )
                 return AckOutcome(await self._sync_in(tx, ack.sync_id), IGNORED)
             await self._save_node_state(tx, node_id, ack, moment)
+            tx.touch(node_id)  # its state revision moved: cached stamp and plan are old
             return AckOutcome(await self._sync_in(tx, ack.sync_id), APPLIED)
 
-        try:
-            return await self._write(apply)
-        finally:
-            self._invalidate(node_id)
+        return await self._write(apply)
 
     async def _finish(self, tx: Connection, ack: Ack, digest: str, moment: str) -> bool:
         """Move the pending record to the ack's outcome; False if it is not pending."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from appliance.store.base import StoreBase
-from appliance.store.db import Connection, IntegrityViolation
+from appliance.store.db import IntegrityViolation
 from appliance.store.records import FunctionRecord, MigrationRecord, Target
+from appliance.store.transaction import Transaction
 from edgesync.errors import SchemaVersionConflict
 
 
@@ -20,7 +21,7 @@ class TargetStore(StoreBase):
     async def add_migration(self, record: MigrationRecord) -> None:
         """Append ``record``; its version must be exactly one past the highest."""
 
-        async def append(tx: Connection) -> None:
+        async def append(tx: Transaction) -> None:
             row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
             highest = int(row["v"]) if row and row["v"] is not None else 0
             if record.version != highest + 1:

@@ -39,6 +39,12 @@ import click
     envvar="EDGESYNC_ARTIFACT_DELIVERY",
     help="direct: nodes fetch S3 presigned URLs; proxy: through this server.",
 )
+@click.option(
+    "--artifact-public-url",
+    envvar="EDGESYNC_ARTIFACT_PUBLIC_URL",
+    help="With direct delivery: nodes download URL/<storage key> (a CDN or caching proxy"
+    " in front of the bucket) instead of presigned URLs; integrity rests on the plan's SHA-256.",
+)
 @click.option("--minio-endpoint", envvar="MINIO_ENDPOINT", help="host:port of MinIO/S3.")
 @click.option("--minio-access-key", envvar="MINIO_ACCESS_KEY")
 @click.option("--minio-secret-key", envvar="MINIO_SECRET_KEY")
@@ -164,6 +170,7 @@ def serve(
     database_url: str | None,
     artifact_url: str | None,
     artifact_delivery: str,
+    artifact_public_url: str | None,
     minio_endpoint: str | None,
     minio_access_key: str | None,
     minio_secret_key: str | None,
@@ -209,6 +216,7 @@ def serve(
         database_url=database_url,
         artifact_url=artifact_url,
         artifact_delivery=artifact_delivery,
+        artifact_public_url=artifact_public_url or None,
         minio_endpoint=minio_endpoint,
         minio_access_key=minio_access_key,
         minio_secret_key=minio_secret_key,
