@@ -133,7 +133,7 @@ def results_markdown(result: FleetRuns, mode: str) -> str:
     out += ["", "Phases (rate asked and done, latency from each interval's scheduled start):", ""]
     out += [
         "| fleet | phase | asked | done | p50 | p99 | p99.9 | errors | cores: serve, db,"
-        " generator |",
+        " generator, other processes |",
         "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in result.runs:
@@ -143,7 +143,7 @@ def results_markdown(result: FleetRuns, mode: str) -> str:
                 f"| {_label(r.settings)} | {p.name} | {p.rate:,.0f}/s | {p.done / p.wall_s:,.0f}/s"
                 f" | {_ms(pct['p50'])} | {_ms(pct['p99'])} | {_ms(pct['p999'])} | {_errors(p)}"
                 f" | {p.serve_cpu_s / p.wall_s:.2f}, {p.db_cpu_s / p.wall_s:.2f},"
-                f" {p.client_cpu_s / p.wall_s:.2f} |"
+                f" {p.client_cpu_s / p.wall_s:.2f}, {p.other_cpu_s / p.wall_s:.2f} |"
             )
     out += ["", *_notes(result), ""]
     return "\n".join(out)

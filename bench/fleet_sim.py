@@ -38,8 +38,16 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import HOST, BenchError, Server, edgesync_serve, rss_bytes
-from bench.fleet_load import Fleet, Outcome, build_request, connect, schedule
+from bench.common import (
+    HOST,
+    BenchError,
+    Server,
+    busy_seconds,
+    edgesync_serve,
+    rss_bytes,
+    wait_for_quiet,
+)
+from bench.fleet_load import Fleet, HttpConnection, Outcome, build_request, connect, schedule
 from bench.support import cpu_with_children
 
 GOAL_CPU_US = 420.0  # serve + database per node interval (issue 10)
@@ -83,6 +91,7 @@ class Phase:
     db_cpu_s: float
     wall_s: float
     client_cpu_s: float = 0.0  # this load generator (core 1): was it the bottleneck?
+    other_cpu_s: float = 0.0  # every other process on the box (other work disturbs)
 
     @property
     def done(self) -> int:
@@ -113,6 +122,7 @@ class Phase:
             "late_start_max_ms": self.outcome.late_start_max * 1000,
             "cpu_us_per_interval": {w: self.cpu_us(w) for w in ("serve", "db", "all")},
             "client_cpu_s": self.client_cpu_s,
+            "other_cpu_s": self.other_cpu_s,
             "serve_cpu_s": self.serve_cpu_s,
             "db_cpu_s": self.db_cpu_s,
             "recovered_after_s": self.recovered_after_s(),
@@ -208,13 +218,26 @@ async def enroll(
     servers: list[Server], count: int, concurrency: int = 32, ssl: tls.SSLContext | None = None
 ) -> list[Node]:
     """Register ``count`` nodes (round-robin over the replicas), then poll each once for
-    its ETag: the fleet is converged on the (empty) fleet target."""
+    its ETag: the fleet is converged on the (empty) fleet target.
+
+    Each worker has its own enrollment token: one token's use counter is one row, and
+    32 registrations at once on it abort each other on PostgreSQL (503 after the
+    store's retries). A 503 is retried after a pause, as an agent does."""
     first = servers[0]
-    enrollment = await _enrollment_token(first, count, ssl)
     nodes: list[Node | None] = [None] * count
     todo = iter(range(count))
 
+    async def send(connection: HttpConnection, raw: bytes, what: str) -> int:
+        for attempt in range(20):
+            status = await connection.request(raw)
+            if status != 503:
+                return status
+            await asyncio.sleep(0.05 * (attempt + 1))
+        raise BenchError(f"{what}: HTTP 503 twenty times: {connection.body[:200]!r}")
+
     async def worker(replica: int) -> None:
+        # Workers take nodes from one queue: any of them may register up to all of them.
+        enrollment = await _enrollment_token(first, count, ssl)
         server = servers[replica % len(servers)]
         host, port = server.base.split("://")[1].split(":")
         connection = await connect(host, int(port), None, ssl)
@@ -223,13 +246,13 @@ async def enroll(
                 {"name": f"sim-{index}", "region": "bench", "enrollment_token": enrollment}
             ).encode()
             raw = build_request("POST", "/api/v1/nodes/register", host, {}, body)
-            status = await connection.request(raw)
+            status = await send(connection, raw, f"register node {index}")
             if status != 201:
                 raise BenchError(f"register node {index}: HTTP {status} {connection.body[:200]!r}")
             answer = json.loads(connection.body)
             auth = {"Authorization": f"Bearer {answer['token']}"}
             path = f"/api/v1/nodes/{answer['node_id']}/sync"
-            status = await connection.request(build_request("GET", path, host, auth))
+            status = await send(connection, build_request("GET", path, host, auth), "first poll")
             etag = connection.header("etag")
             if status != 200 or etag is None:
                 raise BenchError(f"first poll of node {index}: HTTP {status}")
@@ -318,11 +341,14 @@ async def simulate(workdir: Path, settings: FleetSettings, log: Any = print) -> 
 
         async def phase(name: str, rate: float, seconds: float) -> Phase:
             cpu0, db0, own0 = serve_cpu(servers), db_cpu(database), time.process_time()
+            busy0 = busy_seconds()
             outcome, wall = await drive(fleet, rate, seconds, len(nodes), rng)
             done = Phase(
                 name, rate, seconds, outcome, serve_cpu(servers) - cpu0, db_cpu(database) - db0,
                 wall, time.process_time() - own0,
             )  # fmt: skip
+            ours = done.serve_cpu_s + done.db_cpu_s + done.client_cpu_s
+            done.other_cpu_s = max(0.0, busy_seconds() - busy0 - ours)
             pct = outcome.percentiles_ms()
             log(
                 f"  {name:9s} {rate:7.0f}/s asked, {done.done / wall:7.0f}/s done;"
@@ -330,11 +356,12 @@ async def simulate(workdir: Path, settings: FleetSettings, log: Any = print) -> 
                 f" CPU/interval serve {done.cpu_us('serve'):.0f} + db {done.cpu_us('db'):.0f} µs;"
                 f" errors {sum(outcome.errors.values())}; cores: serve"
                 f" {done.serve_cpu_s / wall:.2f}, db {done.db_cpu_s / wall:.2f},"
-                f" generator {done.client_cpu_s / wall:.2f}"
+                f" generator {done.client_cpu_s / wall:.2f}, others {done.other_cpu_s / wall:.2f}"
             )
             result.phases.append(done)
             return done
 
+        wait_for_quiet(10, 0.3)  # other work on the box skews every figure: give it a chance
         try:
             probe = await phase("probe", settings.probe_rate, settings.probe_seconds)
             # serve's replicas share one core: capacity is the rate that fills it.
