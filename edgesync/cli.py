@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "token": ("edgesync.commands.operator", "token", "Create enrollment tokens."),
     "release": ("edgesync.commands.release", "release", "Create, list or show releases."),
     "fleet": ("edgesync.commands.fleet", "fleet", "Show or set auto-release."),
+    "rollout": ("edgesync.commands.rollout", "rollout", "Start, watch or steer rollouts."),
     "agent": ("edgesync.commands.agent", "agent", "Run the edge agent (and `agent status`)."),
     "invoke": ("edgesync.commands.agent", "invoke", "Run a deployed function locally."),
 }

@@ -1,4 +1,4 @@
-"""``edgesync fleet`` (auto-release, default release) and ``nodes pin`` / ``unpin``."""
+"""``edgesync fleet``: auto-release and the default release."""
 
 from __future__ import annotations
 
@@ -36,20 +36,3 @@ def fleet_set(client: ApiClient, auto_release: str | None, default_release: str 
     if default_release is not None:
         body["default_release_id"] = default_release
     emit(client.request("PUT", "/api/v1/fleet", body))
-
-
-@click.command("pin")
-@click.argument("node_id")
-@click.argument("release_id")
-@api_command
-def nodes_pin(client: ApiClient, node_id: str, release_id: str) -> None:
-    """Pin NODE_ID to RELEASE_ID: auto-release and rollouts leave it alone."""
-    emit(client.request("PUT", f"/api/v1/nodes/{node_id}/pin", {"release_id": release_id}))
-
-
-@click.command("unpin")
-@click.argument("node_id")
-@api_command
-def nodes_unpin(client: ApiClient, node_id: str) -> None:
-    """Unpin NODE_ID: its target is at once what it would be without the pin."""
-    emit(client.request("DELETE", f"/api/v1/nodes/{node_id}/pin"))

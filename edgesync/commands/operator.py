@@ -276,8 +276,8 @@ def token_create(client: ApiClient, max_uses: int, ttl: int, region: str | None)
 
 
 def _attach_pin_commands() -> None:
-    # `nodes pin/unpin` live with the fleet commands; the group is this module's.
-    from edgesync.commands.fleet import nodes_pin, nodes_unpin
+    # `nodes pin/unpin` live in their own module (this one stays small).
+    from edgesync.commands.pins import nodes_pin, nodes_unpin
 
     nodes.add_command(nodes_pin)
     nodes.add_command(nodes_unpin)
