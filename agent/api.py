@@ -33,6 +33,17 @@ NETWORK_ERRORS = (aiohttp.ClientError, OSError)
 KEEPALIVE_SECONDS = 60.0
 
 
+def poll_headers(etag: str | None, state: NodeState | None) -> dict[str, str]:
+    """The headers of a poll: the node's liveness (agent version, state digest) and
+    its plan's ETag. ``bench/fleet_sim.py`` builds its simulated polls with this."""
+    headers = {AGENT_VERSION_HEADER: agent_version}
+    if state is not None:
+        headers[STATE_ETAG_HEADER] = state.digest()
+    if etag:
+        headers["If-None-Match"] = etag
+    return headers
+
+
 class ControlPlane:
     """One aiohttp session to the control plane, authenticated as one node."""
 
@@ -150,11 +161,7 @@ class ControlPlane:
         ``state``: the node's state, whose digest the poll carries with the agent
         version as its liveness (docs/protocol.md), so no heartbeat is needed.
         """
-        headers = {AGENT_VERSION_HEADER: agent_version}
-        if state is not None:
-            headers[STATE_ETAG_HEADER] = state.digest()
-        if etag:
-            headers["If-None-Match"] = etag
+        headers = poll_headers(etag, state)
         path = f"/api/v1/nodes/{node_id}/sync" + ("?full=true" if full else "")
         status, answer, answered = await self._call("GET", path, headers=headers)
         said = {name.lower(): value for name, value in answered.items()}

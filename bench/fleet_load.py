@@ -194,11 +194,19 @@ class Fleet:
         ssl: tls.SSLContext | None = None,
         timeout: float = 30.0,
         max_in_flight: int = 8000,
+        heartbeats: Sequence[bytes] = (),
+        heartbeat_every: int = 0,
     ) -> None:
         self.targets = targets  # per node: (host, port) of its replica
         self.requests = requests  # per node: the requests of one interval, in order
         self.expected = expected  # the status each request of an interval should get
         self.keep = keep
+        # Per node, a heartbeat (answered 200) before the poll of every
+        # ``heartbeat_every``-th interval, as a converged agent sends one every N
+        # intervals; nodes start at different points of that cycle.
+        self.heartbeats = heartbeats
+        self.heartbeat_every = heartbeat_every
+        self._intervals: dict[int, int] = {}
         self.ssl = ssl
         self.timeout = timeout
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -218,6 +226,15 @@ class Fleet:
         if self.keep:
             self._connections[node] = connection
         return connection
+
+    def _this_interval(self, node: int) -> list[tuple[bytes, int]]:
+        sent = list(zip(self.requests[node], self.expected, strict=True))
+        if self.heartbeats and self.heartbeat_every > 0:
+            count = self._intervals.get(node, node % self.heartbeat_every) + 1
+            self._intervals[node] = count
+            if count % self.heartbeat_every == 0:
+                sent.insert(0, (self.heartbeats[node], 200))
+        return sent
 
     async def connect_all(self, concurrency: int = 200) -> None:
         """Open every node's kept connection before the measured phases."""
@@ -241,7 +258,7 @@ class Fleet:
             try:
                 async with asyncio.timeout(self.timeout):
                     connection = await self._connection(node)
-                    for raw, expected in zip(self.requests[node], self.expected, strict=True):
+                    for raw, expected in self._this_interval(node):
                         status = await connection.request(raw)
                         if status != expected:
                             outcome.error(f"HTTP {status}")

@@ -276,18 +276,37 @@ async def _enrollment_token(server: Server, count: int, ssl: tls.SSLContext | No
 
 
 def interval_requests(node: Node, host: str, kind: str) -> list[bytes]:
-    """What one converged agent sends in one poll interval."""
+    """What one converged agent sends in one poll interval (``heartbeat_request`` aside:
+    with ``poll``, the agent adds a heartbeat only every ``HEARTBEAT_EVERY_INTERVALS``)."""
+    from agent.api import poll_headers
+    from edgesync.protocol import NodeState
+
     auth = {"Authorization": f"Bearer {node.token}"}
-    poll = build_request(
-        "GET", f"/api/v1/nodes/{node.node_id}/sync", host, {**auth, "If-None-Match": node.etag}
-    )
-    if kind == "poll":
-        return [poll]
-    beat = json.dumps({"agent_version": "fleet-sim", "state_etag": None}).encode()
-    return [
-        build_request("POST", f"/api/v1/nodes/{node.node_id}/heartbeat", host, auth, beat),
-        poll,
-    ]
+    # Exactly the agent's poll: liveness (version, state digest) and the plan's ETag.
+    headers = {**auth, **poll_headers(node.etag, NodeState())}
+    poll = build_request("GET", f"/api/v1/nodes/{node.node_id}/sync", host, headers)
+    return [poll] if kind == "poll" else [heartbeat_request(node, host), poll]
+
+
+def heartbeat_request(node: Node, host: str) -> bytes:
+    """The agent's ``POST …/heartbeat`` (``agent.api.ControlPlane.heartbeat``'s body)."""
+    from agent import __version__ as agent_version
+    from edgesync.protocol import NodeState
+
+    body = {"agent_version": agent_version, "state_etag": NodeState().digest()}
+    auth = {"Authorization": f"Bearer {node.token}"}
+    path = f"/api/v1/nodes/{node.node_id}/heartbeat"
+    return build_request("POST", path, host, auth, json.dumps(body).encode())
+
+
+def heartbeat_every(kind: str) -> int:
+    """Intervals per heartbeat: every one for ``pair``; for ``poll``, the agent's own
+    ``agent.loop.HEARTBEAT_EVERY_INTERVALS`` (a converged node with nothing new)."""
+    if kind == "pair":
+        return 0  # the heartbeat is already in every interval's requests
+    from agent.loop import HEARTBEAT_EVERY_INTERVALS
+
+    return HEARTBEAT_EVERY_INTERVALS
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -334,6 +353,8 @@ async def simulate(workdir: Path, settings: FleetSettings, log: Any = print) -> 
             [interval_requests(n, HOST, settings.interval_kind) for n in nodes],
             keep=settings.connections == "kept",
             expected=[304] if settings.interval_kind == "poll" else [200, 304],
+            heartbeats=[heartbeat_request(n, HOST) for n in nodes],
+            heartbeat_every=heartbeat_every(settings.interval_kind),
         )
         if fleet.keep:
             await fleet.connect_all()

@@ -15,7 +15,7 @@ import pytest
 
 from bench.common import HOST, edgesync_serve
 from bench.fleet_load import Fleet, HttpConnection, Outcome, build_request, schedule
-from bench.fleet_sim import Phase, enroll, interval_requests
+from bench.fleet_sim import Phase, enroll, heartbeat_every, interval_requests
 
 
 def test_schedule_spreads_each_node_over_jittered_intervals() -> None:
@@ -103,3 +103,24 @@ def test_a_small_fleet_polls_a_real_serve_with_its_own_tokens(tmp_path: Path, ke
         outcome = asyncio.run(scenario(server.base, [server]))
     assert outcome.errors == {}
     assert len(outcome.latencies) == outcome.scheduled > 0
+
+
+def test_a_poll_interval_fleet_heartbeats_every_nth_interval_like_the_agent() -> None:
+    from agent.loop import HEARTBEAT_EVERY_INTERVALS
+
+    every = heartbeat_every("poll")
+    assert every == HEARTBEAT_EVERY_INTERVALS
+    assert heartbeat_every("pair") == 0  # its heartbeat is in every interval already
+    fleet = Fleet(
+        [(HOST, 1)] * 3,
+        [[b"poll"]] * 3,
+        keep=True,
+        expected=[304],
+        heartbeats=[b"beat"] * 3,
+        heartbeat_every=every,
+    )
+    for node in range(3):
+        sent = [fleet._this_interval(node) for _ in range(3 * every)]
+        beats = [i for i, requests in enumerate(sent) if requests[0] == (b"beat", 200)]
+        assert len(beats) == 3 and beats[1] - beats[0] == beats[2] - beats[1] == every
+        assert all(requests[-1] == (b"poll", 304) for requests in sent)
