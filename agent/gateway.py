@@ -14,6 +14,7 @@ import logging
 
 from aiohttp import web
 
+from agent.counters import FunctionCounters
 from agent.runtime.base import Limits, Runtime
 from edgesync.errors import BadRequest
 from edgesync.http_errors import error_middleware
@@ -22,6 +23,7 @@ log = logging.getLogger("edgesync.gateway")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 LIMITS = web.AppKey("limits", Limits)
+COUNTERS = web.AppKey("counters", FunctionCounters)
 MAX_BODY = 16 * 1024 * 1024
 # Headers never passed as HTTP_*: those with variables of their own, credentials
 # (RFC 3875 4.1.18: they never reach a function), and Proxy (as HTTP_PROXY it would
@@ -61,9 +63,18 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     try:
         environment = cgi_environment(request, len(body))
-        result = await runtime.invoke(name, body, environment, request.app[LIMITS])
     except ValueError as exc:  # a header that cannot become an environment variable
         raise BadRequest(str(exc)) from exc
+    # Only deployed functions are counted: a call of an unknown name is no error of one.
+    counters = request.app.get(COUNTERS) if name in runtime.functions() else None
+    try:
+        result = await runtime.invoke(name, body, environment, request.app[LIMITS])
+    except Exception:  # a trap, a non-zero exit, a timeout (or a bug): the call failed
+        if counters is not None:
+            counters.count(name, failed=True)
+        raise
+    if counters is not None:
+        counters.count(name, failed=False)
     return web.Response(body=result.stdout, content_type="application/octet-stream")
 
 
@@ -80,10 +91,14 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def make_gateway(runtime: Runtime, limits: Limits) -> web.Application:
+def make_gateway(
+    runtime: Runtime, limits: Limits, counters: FunctionCounters | None = None
+) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
     app[RUNTIME] = runtime
     app[LIMITS] = limits
+    if counters is not None:  # the health gate's input (agent/counters.py)
+        app[COUNTERS] = counters
     app.router.add_post("/functions/{name}", invoke)
     app.router.add_get("/functions", list_functions)
     app.router.add_get("/healthz", healthz)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from agent.config import AgentConfig
 from agent.datadir import DataDirLock, make_private_dir
+from agent.counters import FunctionCounters
 from agent.gateway import make_gateway
 from agent.loop import Agent
 from agent.push import PushListener
@@ -72,7 +73,7 @@ async def _serve(config: AgentConfig, agent: Agent, listeners: list[socket.socke
         if push is not None:
             push.start()
         if listeners:
-            gateway = make_gateway(runtime, limits_of(config))
+            gateway = make_gateway(runtime, limits_of(config), FunctionCounters(agent))
             runner = EnvelopeAppRunner(gateway, access_log=None)  # envelopes, read deadlines
             await runner.setup()
             for sock in listeners:
