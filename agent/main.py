@@ -11,12 +11,12 @@ import socket
 from aiohttp import web
 
 from agent.config import AgentConfig
-from agent.datadir import DataDirLock, make_private_dir
 from agent.counters import FunctionCounters
+from agent.datadir import DataDirLock, make_private_dir
 from agent.gateway import make_gateway
 from agent.loop import Agent
 from agent.push import PushListener
-from agent.runtime.base import Limits
+from agent.runtime.base import Limits, Runtime
 from edgesync.errors import EdgesyncError
 from edgesync.http_server import EnvelopeAppRunner
 from edgesync.listen import bind_tcp
@@ -28,6 +28,14 @@ def limits_of(config: AgentConfig) -> Limits:
     return Limits(config.function_timeout_seconds, config.function_memory_mb * 1024 * 1024)
 
 
+def runtime_for(config: AgentConfig) -> Runtime:
+    """The runtime ``config`` asks for, told the node's limits: a module declaring more
+    memory than they allow is then refused at deploy, before the release transaction."""
+    from agent.runtime import open_runtime
+
+    return open_runtime(config.runtime, config.data_dir, limits_of(config))
+
+
 async def serve(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT (or one sync with ``--once``); return the exit code.
 
@@ -35,15 +43,13 @@ async def serve(config: AgentConfig) -> int:
     dir locked, before anything is written, so a busy port or a second agent leaves
     no trace (and spends no enrollment-token use on an enrolment that cannot run).
     """
-    from agent.runtime import open_runtime
-
     address = None if config.once else config.gateway_address
     listeners = bind_tcp(*address, what="serve the gateway") if address else []
     lock = DataDirLock(config.data_dir)
     try:
         make_private_dir(config.data_dir)
         lock.acquire()
-        runtime = await asyncio.to_thread(open_runtime, config.runtime, config.data_dir)
+        runtime = await asyncio.to_thread(runtime_for, config)
         return await _serve(config, Agent(config, runtime), listeners)
     finally:
         for sock in listeners:

@@ -82,12 +82,14 @@ class Reconciler:
     async def start(self) -> NodeState:
         """Serve what the database says the node runs (after a restart or a crash)."""
         state = await self.local_state()
+        present = []
         for ref in state.functions:
             path = self.cache.path(ref.sha256)
             if path.exists():
-                await asyncio.to_thread(self.runtime.prepare, ref.sha256, path)
+                present.append((ref.sha256, path))
             else:
                 log.error("module %s of %s is missing from the cache", ref.sha256, ref.name)
+        await asyncio.to_thread(self.runtime.prepare_many, present)
         self.runtime.activate(
             {ref.name: ref for ref in state.functions if self.cache.has(ref.sha256)}
         )
@@ -167,6 +169,7 @@ class Reconciler:
 
     async def _fetch_modules(self, plan: Plan, local: NodeState) -> None:
         deploys = {(a.name, a.sha256): a for a in plan.actions if isinstance(a, DeployFunction)}
+        fetched = []
         for ref in plan.target.functions:
             if self.cache.has(ref.sha256) and ref in local.functions:
                 continue
@@ -179,4 +182,7 @@ class Reconciler:
                         details={"name": ref.name, "version": ref.version},
                     )
                 path = await self.cache.fetch(ref.sha256, action.download_url, self._download)
-            await asyncio.to_thread(self.runtime.prepare, ref.sha256, path)
+            fetched.append((ref.sha256, path))
+        # Every module is downloaded and verified first, then compiled together:
+        # the runtimes compile a plan's modules in parallel, up to the core count.
+        await asyncio.to_thread(self.runtime.prepare_many, fetched)

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -125,6 +125,10 @@ class Runtime(Protocol):
 
     def prepare(self, sha256: str, module_path: Path) -> None:
         """Compile ``module_path`` (content hash ``sha256``); raise :class:`ModuleRejected`."""
+        ...
+
+    def prepare_many(self, modules: Iterable[tuple[str, Path]]) -> None:
+        """:meth:`prepare` each ``(sha256, module_path)``, in parallel where the runtime can."""
         ...
 
     def activate(self, table: Mapping[str, FunctionRef]) -> None:

@@ -36,7 +36,8 @@ from e2e.support import clean_env, free_port, in_ci
 from agent.config import AgentConfig
 from agent.gateway import make_gateway
 from agent.loop import Agent
-from agent.runtime import WASMEDGE_ENV, find_wasmedge, open_runtime
+from agent.main import runtime_for
+from agent.runtime import WASMEDGE_ENV, find_wasmedge
 from agent.runtime.base import Limits, Runtime
 from appliance.app import make_app
 from appliance.config import ServeConfig
@@ -390,8 +391,9 @@ async def new_agent(
     }
     if enroll and not (data_dir / "node.json").exists():
         settings["enrollment_token"] = await cp.enrollment_token()
-    instance = open_runtime(runtime, data_dir)
-    agent = Agent(AgentConfig(**settings), instance, clock=clock or FakeClock(), rng=rng)
+    agent_config = AgentConfig(**settings)
+    instance = runtime_for(agent_config)  # as `edgesync agent` opens it: with its limits
+    agent = Agent(agent_config, instance, clock=clock or FakeClock(), rng=rng)
     try:
         await agent.open()
     except BaseException:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,10 @@ class RecordingRuntime:
 
     def prepare(self, sha256: str, module_path: Path) -> None:
         assert module_path.read_bytes()
+
+    def prepare_many(self, modules: Iterable[tuple[str, Path]]) -> None:
+        for sha256, module_path in modules:
+            self.prepare(sha256, module_path)
 
     def activate(self, table: Mapping[str, FunctionRef]) -> None:
         self.tables.append(dict(table))
