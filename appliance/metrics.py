@@ -72,6 +72,13 @@ class Metrics:
             "Write transactions run again after a serialization conflict (SQLSTATE 40001)",
             registry=r,
         )
+        self.rollouts = Gauge("edgesync_rollouts", "Rollouts by state", ["state"], registry=r)
+        self.nodes_per_release = Gauge(
+            "edgesync_nodes_per_release",
+            "Nodes whose target is each release (by release number)",
+            ["release"],
+            registry=r,
+        )
         self.bcrypt_calls = Counter(
             "edgesync_bcrypt_calls",
             "bcrypt hash or verify calls (never on the poll path)",

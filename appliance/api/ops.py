@@ -56,6 +56,11 @@ async def metrics(request: web.Request) -> web.Response:
     counts = await svc.store.count_nodes_by_status(utcnow())
     for status, count in counts.items():
         svc.metrics.nodes.labels(status).set(count)
+    for state, count in (await svc.store.count_rollouts_by_state()).items():
+        svc.metrics.rollouts.labels(state).set(count)
+    svc.metrics.nodes_per_release.clear()  # releases nobody follows any more drop out
+    for number, count in (await svc.store.count_nodes_by_release()).items():
+        svc.metrics.nodes_per_release.labels(str(number)).set(count)
     pool = svc.store.db.pool_stats()
     svc.metrics.db_connections.set(pool.in_use)
     svc.metrics.db_pool_size.set(pool.size)

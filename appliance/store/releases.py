@@ -317,6 +317,35 @@ class ReleaseStore(StoreBase):
             for r in rows
         }
 
+    async def count_nodes_by_release(self) -> dict[int, int]:
+        """How many nodes have each release (by number) as their target."""
+        fleet = await _fleet(self.db)
+        latest = await _latest(self.db)
+        rows = await self.db.fetchall(
+            "SELECT pinned_release_id, release_id, COUNT(*) AS n FROM nodes"
+            " GROUP BY pinned_release_id, release_id"
+        )
+        numbers = {
+            r["id"]: int(r["number"])
+            for r in await self.db.fetchall("SELECT id, number FROM releases")
+        }
+        counts: dict[int, int] = {}
+        for row in rows:
+            latest_id = latest.id if latest else None
+            release_id = resolve_release(
+                row["pinned_release_id"], row["release_id"], fleet, latest_id
+            )
+            if release_id in numbers:
+                number = numbers[release_id]
+                counts[number] = counts.get(number, 0) + int(row["n"])
+        return counts
+
+    async def count_rollouts_by_state(self) -> dict[str, int]:
+        rows = await self.db.fetchall("SELECT state, COUNT(*) AS n FROM rollouts GROUP BY state")
+        counts = dict.fromkeys(("running", "paused", "completed", "aborted", "rolled_back"), 0)
+        counts.update({r["state"]: int(r["n"]) for r in rows})
+        return counts
+
 
 def _entry(function: FunctionRecord) -> dict[str, str]:
     return {

@@ -269,3 +269,13 @@ async def test_heartbeat_counters_are_validated(api: Api) -> None:
         f"/api/v1/nodes/{node.id}/heartbeat", json=beat, headers=node.headers
     )
     await expect_error(response, 400, "VALIDATION_FAILED")
+
+
+async def test_metrics_count_rollouts_by_state_and_nodes_per_release(api: Api, wasm) -> None:
+    await fleet_on_v1(api, wasm, 2)
+    release = await v2(api)
+    await start(api, release_id=release["id"], waves=[1, "100%"])
+    text = await (await api.client.get("/metrics")).text()
+    assert 'edgesync_rollouts{state="running"} 1.0' in text
+    assert f'edgesync_nodes_per_release{{release="{release["number"]}"}} 1.0' in text
+    assert 'edgesync_nodes_per_release{release="1"} 1.0' in text
