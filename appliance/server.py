@@ -12,28 +12,12 @@ from appliance.app import make_app
 from appliance.artifacts.base import ArtifactStoreUnavailable
 from appliance.config import ServeConfig
 from appliance.store.db import DatabaseError
+from appliance.tls import tls_context
 from edgesync.errors import EdgesyncError
 from edgesync.http_server import ReadDeadlines, run_app
 from edgesync.listen import bound_port, reserve_tcp
-from edgesync.neterrors import file_problem
 
 log = logging.getLogger("edgesync.serve")
-
-
-def tls_context(config: ServeConfig) -> ssl.SSLContext | None:
-    if not config.tls_cert or not config.tls_key:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    try:
-        context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
-    except OSError as exc:  # ssl.SSLError is one
-        raise EdgesyncError(
-            f"cannot use --tls-cert {config.tls_cert} with --tls-key {config.tls_key}:"
-            f" {file_problem(exc)}",
-            code="BAD_TLS_FILES",
-        ) from exc
-    return context
 
 
 def claim_ports(config: ServeConfig) -> list[socket.socket]:

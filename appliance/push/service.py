@@ -66,7 +66,7 @@ async def push_ctx(app: web.Application) -> AsyncIterator[None]:
     embedded: EmbeddedBroker | None = None
     publisher: Publisher
     if mode == "embedded":
-        from appliance.server import tls_context  # the API's TLS settings, for MQTT too
+        from appliance.tls import tls_context  # the API's TLS settings, for MQTT too
 
         host, port = parse_listen(config.mqtt_listen)
         publisher = embedded = EmbeddedBroker(host, port, svc.authority, tls_context(config))

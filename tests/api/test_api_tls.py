@@ -14,7 +14,7 @@ from aiohttp import web
 
 from appliance.app import make_app
 from appliance.config import ServeConfig
-from appliance.server import tls_context
+from appliance.tls import tls_context
 
 ADMIN = "tls-admin-token-0123456789"
 
