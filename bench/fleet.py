@@ -3,7 +3,8 @@
 The simulator itself is ``bench/fleet_sim.py`` (enrolment, phases, CPU) over the raw
 HTTP client of ``bench/fleet_load.py``; this file runs it for one or more fleets and
 reports. ``make bench`` runs 100,000 nodes on SQLite and 50,000 on PostgreSQL with two
-serve replicas; ``--quick`` runs 2,000 of each, for iterating.
+serve replicas (a new connection per interval), and 15,000 on SQLite with kept
+connections; ``--quick`` runs 2,000 of each, for iterating.
 
 Run alone: ``.venv/bin/python bench/fleet.py [--quick] [--backend sqlite|postgres]
 [--nodes N] [--connections new|kept] [--interval-kind poll|pair] [--write-docs]``.
@@ -48,11 +49,16 @@ class FleetRuns:
 
 
 def default_fleets(quick: bool) -> list[FleetSettings]:
+    """The issue's two fleets (a new connection per interval: 100,000 kept connections
+    need more file descriptors than ``ulimit -n`` allows here), and a smaller SQLite
+    fleet with kept connections, as agents now keep them."""
     if quick:
-        return [FleetSettings.quick("sqlite"), FleetSettings.quick("postgres")]
+        kept = dataclasses.replace(FleetSettings.quick("sqlite"), connections="kept")
+        return [FleetSettings.quick("sqlite"), FleetSettings.quick("postgres"), kept]
     return [
         FleetSettings(nodes=100_000, backend="sqlite"),
         FleetSettings(nodes=50_000, backend="postgres", replicas=2),
+        FleetSettings(nodes=15_000, backend="sqlite", connections="kept"),
     ]
 
 
