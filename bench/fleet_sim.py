@@ -385,6 +385,8 @@ async def simulate(workdir: Path, settings: FleetSettings, log: Any = print) -> 
         wait_for_quiet(10, 0.3)  # other work on the box skews every figure: give it a chance
         try:
             probe = await phase("probe", settings.probe_rate, settings.probe_seconds)
+            if probe.done == 0 or probe.serve_cpu_s <= 0:
+                raise BenchError(f"the probe completed no interval: {probe.outcome.errors}")
             # serve's replicas share one core: capacity is the rate that fills it.
             result.capacity = 1e6 / probe.cpu_us("serve")
             await phase("steady", 0.7 * result.capacity, settings.steady_seconds)
