@@ -77,7 +77,9 @@ class ConnResult:
 
     @property
     def kernel_per_connection(self) -> float:
-        pages = self.sock_pages_idle - self.sock_pages_before
+        # Idle sockets hold no buffers: the count moves by a few pages either way with
+        # other processes' traffic; below zero is that noise.
+        pages = max(0, self.sock_pages_idle - self.sock_pages_before)
         return pages * os.sysconf("SC_PAGE_SIZE") / self.settings.idle_connections
 
     @property
