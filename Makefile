@@ -54,7 +54,7 @@ zipapp: install ## Build dist/edgesync.pyz with shiv (PLATFORM=x86_64|aarch64: d
 serve: install ## Run the control plane on embedded SQLite + folder store in ./edgesync-data.
 	$(VENV)/bin/edgesync serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
-demo: install ## Control plane + two agents: three releases, one rolled back on a node; summary.
+demo: install ## Control plane + two agents: auto-release, a release through a canary, a failing one rolled back.
 	$(VENV_PY) examples/demo.py
 
 demo-api: install ## The API alone over raw HTTP (two nodes played by the script), then a summary.

@@ -7,12 +7,14 @@ file per node) and with nothing but ``make install``:
 * ``edgesync serve`` on a free port with a throwaway data dir;
 * an enrollment token (``edgesync token create``) and two ``edgesync agent``
   processes, edge-a and edge-b, each with its own data dir and gateway port;
-* release 1: schema v1 + ``hello`` 1.0.0 (and ``greet`` 1.0.0 when
-  examples/build/greet.wasm is built), invoked through each node's gateway;
-* release 2, an upgrade: schema v2 + ``hello`` 2.0.0;
-* release 3, whose migration (a unique index) meets duplicate rows that only
-  edge-b holds: edge-a takes it; edge-b rolls back, keeps serving ``hello``
-  2.0.0, reports MIGRATION_FAILED, retries with backoff and rejects the plan;
+* release 1, auto-release (the v1 behaviour): schema v1 + ``hello`` 1.0.0 (and
+  ``greet`` 1.0.0 when examples/build/greet.wasm is built) reach both nodes at once;
+* auto-release off, then release 2 made of schema v2 and ``hello`` 2.0.0 together,
+  rolled out through a canary wave of one node, then the rest;
+* release 3, whose ``hello`` 3.0.0 traps: on the canary its error rate (from the
+  agent's heartbeats) stops the rollout, which gives the canary release 2 back,
+  schema included (migration 3's down_sql runs in the same transaction as the
+  function swap); the other node never sees release 3;
 * a summary, then SIGTERM to the agents and the server.
 
 Every command is printed (``$ edgesync ...``), so the output doubles as a tour of
@@ -58,8 +60,6 @@ CLI_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5  # the agents' --poll-interval
 WAIT_STEP = 0.2  # how often the demo looks
 GREETING = "hello from edgesync v1: "  # in examples/hello.wat; v2 and v3 change the digit
-#: Error codes that wrap or replace the error that made a release fail.
-WRAPPERS = ("PLAN_REJECTED", "SUPERSEDED")
 
 T = TypeVar("T")
 # The tour runs the commands it shows; without these tools it says what it does instead.
@@ -148,7 +148,9 @@ def resolve_command(words: list[str]) -> list[str]:
     for index, word in enumerate(words):
         path = Path(word).expanduser()
         if not word.startswith("-") and (os.sep in word or path.is_file()) and path.exists():
-            resolved.append(str(path.resolve()))
+            # absolute(), not resolve(): a venv's python is a symlink, and following it
+            # would run the base interpreter, without the venv's edgesync.
+            resolved.append(str(path.absolute()))
         elif index == 0 and shutil.which(word) is None:
             raise DemoError(f"--edgesync: {word!r} is neither a file nor a command on PATH")
         else:
@@ -396,6 +398,17 @@ def build_hello(work: Path, version: int) -> Path:
     return path
 
 
+def build_trap() -> bytes:
+    """A WASI command whose ``_start`` traps at once: a function that always fails."""
+    import wasmtime
+
+    return bytes(
+        wasmtime.wat2wasm(
+            '(module (memory (export "memory") 1) (func (export "_start") unreachable))'
+        )
+    )
+
+
 def refs(functions: list[dict[str, Any]]) -> str:
     return " ".join(f"{f['name']}@{f['version']}" for f in functions) or "-"
 
@@ -414,10 +427,11 @@ class Demo:
         self.schema = 0
         self.functions: dict[str, str] = {}  # the target: name -> version
         self.greet = HERE / "build" / "greet.wasm"
+        self.good: dict[str, Any] = {}  # release 2, where the canary comes back to
 
     def run(self) -> None:
         started = time.monotonic()
-        heading("edgesync demo: one control plane, two edge agents, three releases")
+        heading("edgesync demo: one control plane, two edge agents, releases and a canary")
         note(f"working in {self.work}: paths are relative to it, examples/... to the repository")
         note(f"edgesync here is: {shlex.join(self.edgesync)}")
         self.start_server()
@@ -436,7 +450,7 @@ class Demo:
 
         def argv(port: int) -> list[str]:
             args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-            args += ["--data-dir", "server", "--no-access-log"]
+            args += ["--data-dir", "server", "--no-access-log", "--rollout-interval", "1"]
             self.shell.show(["edgesync", *args], " &")
             return [*self.edgesync, *args]
 
@@ -475,7 +489,7 @@ class Demo:
             self.upload("greet", "1.0.0", self.greet)
         else:
             note("examples/build/greet.wasm is not built (build/build_examples.sh): no greet")
-        self.wait_converged(self.nodes)
+        self.wait_state(self.nodes, self.schema, self.functions)
         note("each node's gateway serves the functions: POST /functions/NAME")
         self.invoke_hello({"edge-a": 1, "edge-b": 1})
         if self.greet.exists():
@@ -493,92 +507,101 @@ class Demo:
         say(self.nodes[0].name, output.strip())
 
     def release_2(self) -> None:
-        heading("Release 2, an upgrade: schema v2 + hello 2.0.0")
-        self.add_schema("greeting language", HERE / "schema" / "002_greetings_lang.sql")
-        self.upload("hello", "2.0.0", build_hello(self.work, 2))
-        self.wait_converged(self.nodes)
+        heading("Release 2: schema v2 and hello 2.0.0 as one release, through a canary")
+        fleet = self.operator.run_json("fleet", "set", "--auto-release", "off")
+        say(
+            "operator",
+            f"auto-release {'on' if fleet['auto_release'] else 'off'}: "
+            "from now on only rollouts move nodes",
+        )
+        self.add_schema(
+            "greeting language",
+            HERE / "schema" / "002_greetings_lang.sql",
+            HERE / "schema" / "002_greetings_lang.down.sql",
+        )
+        self.upload("hello", "2.0.0", build_hello(self.work, 2), requires_schema=2)
+        release = self.release("schema v2 + hello 2.0.0")
+        note("nothing moved yet: both nodes still run release 1")
+        self.invoke_hello({"edge-a": 1, "edge-b": 1})
+        canary = self.canary(release)
+        rollout = self.operator.run_json(
+            "rollout", "start", release["id"], "--waves", "1,100%", "--max-failures", "0"
+        )
+        self.wait_state([canary], 2, {"hello": "2.0.0", **self.others()})
+        say(canary.name, "the canary took schema v2 and hello 2.0.0 in one transaction")
+        self.wait_rollout(rollout["id"], "completed")
+        self.wait_state(self.nodes, 2, {"hello": "2.0.0", **self.others()})
         self.invoke_hello({"edge-a": 2, "edge-b": 2})
+        self.good = release
 
     def release_3(self) -> None:
-        edge_a, edge_b = self.nodes
-        heading("Release 3: a migration that fails on one node because of its data")
-        note("applications on the nodes write to edge.db; edge-b greeted 'ada' twice")
-        edge_a.write("INSERT INTO greetings (name, lang) VALUES ('grace', 'en')", self.shell)
-        sql = "INSERT INTO greetings (name, lang) VALUES ('ada', 'en'), ('ada', 'en')"
-        edge_b.write(sql, self.shell)
-        migration = self.work / "003_one_greeting_per_name.sql"
-        migration.write_text("CREATE UNIQUE INDEX greetings_name_lang ON greetings (name, lang);\n")
-        note(f"{migration.name}: {migration.read_text().strip()}")
-        self.add_schema("one greeting per name", migration)
-        self.upload("hello", "3.0.0", build_hello(self.work, 3))
-        self.wait_converged([edge_a])
-        failure = self.wait_reported(edge_b, "MIGRATION_FAILED")
-        say(edge_b.name, f"failed: {failure['error_message']} ({failure['error_code']})")
-
-        note("edge-a serves hello 3.0.0; edge-b rolled back and still serves 2.0.0")
-        self.invoke_hello({"edge-a": 3, "edge-b": 2})
-        note("edge-b's edge.db is as it was: schema 2, its rows, no unique index")
-        states = {node.name: self.inspect(node) for node in self.nodes}
-        if states["edge-b"] != (2, ["ada", "ada"], False):
-            raise DemoError(f"the failed release changed edge-b's edge.db: {states['edge-b']}")
-
-        note("edge-b retries the same plan with backoff (0, 1, 2, 4 s), then rejects it")
-        self.wait_reported(edge_b, "PLAN_REJECTED")
-        note("the control plane holds every try in edge-b's sync history (newest first):")
-        self.shell.show(["edgesync", "nodes", "show", edge_b.node_id, "--history"])
-        print_table(
-            ["started_at", "status", "error_code", "error_message"],
-            [
-                [r["started_at"], r["status"], r["error_code"] or "-", clip(r["error_message"])]
-                for r in self.operator.history(edge_b.node_id)
-                if r["status"] != "success"
-            ],
+        heading("Release 3: hello 3.0.0 fails on the canary; the rollout rolls it back")
+        self.add_schema(
+            "moods", HERE / "schema" / "003_moods.sql", HERE / "schema" / "003_moods.down.sql"
         )
-        status = self.operator.run_json("agent", "--data-dir", edge_b.home.name, "status")
-        agent = status["agent"] or {}
-        rejected = (agent.get("rejected_plans") or [{}])[-1]
+        broken = self.work / "hello-v3.wasm"
+        broken.write_bytes(build_trap())
+        note("hello-v3.wasm traps on every call (a bug that passed every upload check)")
+        self.upload("hello", "3.0.0", broken, requires_schema=3)
+        release = self.release("schema v3 + hello 3.0.0")
+        canary = self.canary(release)
+        other = next(node for node in self.nodes if node is not canary)
+        canary.write("INSERT INTO greetings (name) VALUES ('ada')", self.shell)
+        rollout = self.operator.run_json(
+            "rollout", "start", release["id"], "--waves", "1,100%",
+            "--observe", "30", "--max-error-rate", "5%",
+        )  # fmt: skip
+        self.wait_state([canary], 3, {"hello": "3.0.0", **self.others()})
+        say(canary.name, f"edge.db tables: {', '.join(self.tables(canary))}")
+        note("the canary's users call hello; each failure is counted for its next heartbeat")
+        for _ in range(3):
+            status, _ = http("POST", f"{canary.gateway}/functions/hello", b"x")
+            say(canary.name, f"POST /functions/hello -> {status}")
+        self.wait_rollout(rollout["id"], "rolled_back")
+        self.wait_state([canary], 2, {"hello": "2.0.0", **self.others()})
         say(
-            edge_b.name,
-            f"state: schema {status['state']['schema_version']}, "
-            f"{refs(status['state']['functions'])}; plan rejected after "
-            f"{rejected.get('tries')} tries, waiting for a new one",
+            canary.name,
+            f"back on release {self.good['number']}: "
+            f"edge.db tables {', '.join(self.tables(canary))}",
         )
+        names = [row[0] for row in canary.query("SELECT name FROM greetings")]
+        if "moods" in self.tables(canary) or "ada" not in names:
+            raise DemoError("the rollback should drop moods and keep the greetings")
+        say(canary.name, f"its data is kept: greetings {names}")
+        self.invoke_hello({"edge-a": 2, "edge-b": 2})
+        versions = {row[0] for row in other.query("SELECT version FROM _edgesync_migrations")}
+        if 3 in versions:
+            raise DemoError(f"{other.name} should never have seen release 3")
+        say(other.name, f"never touched by release 3: schema {max(versions)}, hello 2.0.0")
+        for line in self.operator.run("rollout", "list").splitlines():
+            print(f"  {line}", flush=True)
 
     def summary(self) -> None:
         heading("Summary")
         self.shell.show(["edgesync", "nodes", "list", "--json"])
         fleet = self.operator.nodes()
-        rows, reasons = [], []
+        numbers = {
+            r["id"]: r["number"]
+            for r in self.operator.run_json("release", "list", "--json", show=False)
+        }
+        rows = []
         for node in self.nodes:
             seen = fleet[node.name]
-            records = self.operator.history(node.node_id)
-            last = "-"
-            if records:
-                code = records[0]["error_code"]
-                last = records[0]["status"] + (f" ({code})" if code else "")
-            # The reason is the newest real error, not the rejection that wraps it.
-            for record in records:
-                if record["status"] == "failed" and record["error_code"] not in WRAPPERS:
-                    reasons.append(
-                        f"{node.name}: {record['error_message']} ({record['error_code']})"
-                    )
-                    break
             rows.append(
                 [
                     node.name,
                     node.node_id[:8],
                     node.runtime,
                     seen["status"],
+                    str(numbers.get(seen["release_id"], "-")),
                     str(seen["current_schema_version"]),
                     refs(seen["functions"]),
-                    last,
                 ]
             )
-        print_table(["node", "id", "runtime", "status", "schema", "functions", "last sync"], rows)
-        target = " ".join(f"{name}@{v}" for name, v in sorted(self.functions.items()))
-        print(f"\n  target:         schema {self.schema}, {target}", flush=True)
-        for reason in reasons or ["none"]:
-            print(f"  failure reason: {reason}", flush=True)
+        print_table(["node", "id", "runtime", "status", "release", "schema", "functions"], rows)
+        self.shell.show(["edgesync", "release", "list"])
+        for line in self.operator.run("release", "list", show=False).splitlines():
+            print(f"  {line}", flush=True)
 
     def stop(self) -> None:
         heading("Stopping: SIGTERM to the agents, then to the server")
@@ -593,42 +616,71 @@ class Demo:
 
     # -- steps within the steps -----------------------------------------------------
 
-    def add_schema(self, description: str, path: Path) -> None:
+    def add_schema(self, description: str, path: Path, down: Path | None = None) -> None:
         version = str(self.schema + 1)
-        self.operator.run(
-            "schema", "add", "--version", version, "--description", description, "--up", str(path)
-        )
+        args = ["schema", "add", "--version", version, "--description", description]
+        args += ["--up", str(path), *(("--down", str(down)) if down else ())]
+        self.operator.run(*args)
         self.schema += 1
 
-    def upload(self, name: str, version: str, path: Path) -> None:
-        answer = self.operator.run_json("upload", name, version, str(path))
+    def upload(self, name: str, version: str, path: Path, requires_schema: int = 0) -> None:
+        needs = ("--requires-schema", str(requires_schema)) if requires_schema else ()
+        answer = self.operator.run_json("upload", name, version, str(path), *needs)
         size, digest = answer["size_bytes"], answer["sha256"][:12]
         say("operator", f"{name} {version}: {size} bytes, sha256 {digest}…")
         self.functions[name] = version
 
-    def wait_converged(self, nodes: list[EdgeNode]) -> None:
-        """Until every one of ``nodes`` reports the current target."""
-        want = " ".join(f"{name}@{v}" for name, v in sorted(self.functions.items()))
+    def release(self, notes: str) -> dict[str, Any]:
+        """A release of the current schema and functions, and its diff."""
+        functions = [f"--function={name}@{v}" for name, v in sorted(self.functions.items())]
+        release: dict[str, Any] = self.operator.run_json(
+            "release", "create", "--schema", str(self.schema), *functions, "--notes", notes
+        )
+        for line in self.operator.run("release", "show", release["id"]).splitlines():
+            print(f"  {line}", flush=True)
+        return release
+
+    def canary(self, release: dict[str, Any]) -> EdgeNode:
+        """The dry run's first wave: the node that gets ``release`` first."""
+        dry = self.operator.run_json(
+            "rollout", "start", release["id"], "--waves", "1,100%", "--dry-run"
+        )
+        first = dry["waves"][0]["node_ids"][0]
+        canary = next(node for node in self.nodes if node.node_id == first)
+        actions = ", ".join(
+            f"{a['type']} {a.get('name', '')}{'@' if 'name' in a else ''}{a['version']}"
+            for a in dry["changes"][first]
+        )
+        say("operator", f"dry run: wave 1 is {canary.name} alone; it would {actions}")
+        return canary
+
+    def others(self) -> dict[str, str]:
+        """The target's functions besides hello (greet, when built)."""
+        return {name: v for name, v in self.functions.items() if name != "hello"}
+
+    def wait_state(self, nodes: list[EdgeNode], schema: int, functions: dict[str, str]) -> None:
+        """Until every one of ``nodes`` reports ``schema`` and ``functions``."""
+        want = " ".join(f"{name}@{v}" for name, v in sorted(functions.items()))
         names = " and ".join(node.name for node in nodes)
         self.shell.show(["edgesync", "nodes", "list", "--json"])
         verb = "report" if len(nodes) > 1 else "reports"
-        note(f"repeated until {names} {verb} schema {self.schema}, {want}")
+        note(f"repeated until {names} {verb} schema {schema}, {want}")
         started = time.monotonic()
         seen_last: dict[str, dict[str, Any]] = {}
 
-        def converged() -> dict[str, dict[str, Any]] | None:
+        def arrived() -> dict[str, dict[str, Any]] | None:
             fleet = self.operator.nodes()
             seen_last.update(fleet)
             for node in nodes:
                 seen = fleet.get(node.name)
-                if seen is None or seen["current_schema_version"] != self.schema:
+                if seen is None or seen["current_schema_version"] != schema:
                     return None
-                if {f["name"]: f["version"] for f in seen["functions"]} != self.functions:
+                if {f["name"]: f["version"] for f in seen["functions"]} != functions:
                     return None
             return fleet
 
         try:
-            fleet = wait_for(f"{names} to report schema {self.schema}, {want}", converged)
+            fleet = wait_for(f"{names} to report schema {schema}, {want}", arrived)
         except DemoError as exc:
             last = "; ".join(
                 f"{n}: schema {s['current_schema_version']}, {refs(s['functions'])}, {s['status']}"
@@ -644,15 +696,28 @@ class Demo:
                 f"  ({elapsed:.1f} s)",
             )
 
-    def wait_reported(self, node: EdgeNode, code: str) -> dict[str, Any]:
-        """Until the node's sync history holds a record with error ``code``."""
-        note(f"waiting for {node.name} to report {code}")
+    def wait_rollout(self, rollout_id: str, state: str) -> None:
+        """Until the rollout is in ``state``; then its status, a bar per wave."""
+        self.shell.show(["edgesync", "rollout", "status", rollout_id, "--watch"])
+        started = time.monotonic()
 
-        def reported() -> dict[str, Any] | None:
-            records = self.operator.history(node.node_id)
-            return next((r for r in records if r["error_code"] == code), None)
+        def reached() -> dict[str, Any] | None:
+            shown = self.operator.run_json("rollout", "status", rollout_id, "--json", show=False)
+            if shown["state"] not in ("running", "paused") and shown["state"] != state:
+                raise DemoError(f"the rollout ended {shown['state']}, not {state}")
+            return shown if shown["state"] == state else None
 
-        return wait_for(f"{node.name} to report {code}", reported)
+        wait_for(f"the rollout to be {state}", reached)
+        for line in self.operator.run("rollout", "status", rollout_id, show=False).splitlines():
+            print(f"  {line}", flush=True)
+        say("serve", f"rollout {state} after {time.monotonic() - started:.1f} s")
+
+    def tables(self, node: EdgeNode) -> list[str]:
+        rows = node.query(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE '\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' ORDER BY name"
+        )
+        return [row[0] for row in rows]
 
     def invoke_hello(self, versions: dict[str, int]) -> None:
         for node in self.nodes:
@@ -660,15 +725,6 @@ class Demo:
             say(node.name, output)
             if f"edgesync v{versions[node.name]}:" not in output:
                 raise DemoError(f"{node.name} should run hello v{versions[node.name]}")
-
-    def inspect(self, node: EdgeNode) -> tuple[int, list[str], bool]:
-        """(schema version, greeted names, unique index present) from the node's edge.db."""
-        version = node.query("SELECT MAX(version) FROM _edgesync_migrations")[0][0]
-        names = [row[0] for row in node.query("SELECT name FROM greetings ORDER BY id")]
-        indexes = node.query("SELECT name FROM sqlite_master WHERE name = 'greetings_name_lang'")
-        present = "present" if indexes else "absent"
-        say(node.name, f"edge.db: schema {version}, greetings {names}, unique index {present}")
-        return version, names, bool(indexes)
 
     # -- when things go wrong -------------------------------------------------------
 

@@ -1,0 +1,2 @@
+-- back to v2: no moods.
+DROP TABLE moods;
