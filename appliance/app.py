@@ -136,9 +136,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
             watch = GenerationWatch(store.generation, cache.saw_generation)
             store.add_commit_listener(lambda tx: watch.wake() if tx.bumped else None)
             liveness = LivenessBuffer(store.record_liveness)
-            fast_poll = PollFastPath(
-                authority, cache, liveness, metrics.plans.labels("not_modified").inc
-            )
+            fast_poll = PollFastPath(authority, cache, liveness)
             uploads = UploadClaims(store, config.data_dir)
             await uploads.start()
             watch.start()

@@ -34,9 +34,14 @@ Writer = Callable[[list[LivenessMark]], Awaitable[int]]
 _Mark = tuple[float, int, str | None, str | None]
 
 
+def moment_of(seen_at: float) -> datetime:
+    """The recorded moment of a ``time.time()`` (what the database will hold)."""
+    return datetime.fromtimestamp(seen_at, UTC)
+
+
 def _row(node_id: str, mark: _Mark) -> LivenessMark:
     seen_at, poll_interval, agent_version, state_etag = mark
-    moment = datetime.fromtimestamp(seen_at, UTC)
+    moment = moment_of(seen_at)
     offline = moment + timedelta(seconds=OFFLINE_AFTER_INTERVALS * poll_interval)
     return LivenessMark(
         node_id, format_time(moment), format_time(offline), agent_version, state_etag
@@ -74,13 +79,17 @@ class LivenessBuffer:
         poll_interval_seconds: int,
         agent_version: str | None = None,
         state_etag: str | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
-        """Node ``node_id`` is alive now (no I/O: this is on the poll path)."""
+        """Node ``node_id`` is alive now, or ``at`` (a ``time.time()`` the caller
+        told the node); no I/O: this is on the poll path."""
         earlier = self._marks.get(node_id)
         if earlier is not None:  # a fact a newer mark does not repeat is kept
             agent_version = agent_version or earlier[2]
             state_etag = state_etag or earlier[3]
-        self._marks[node_id] = (self._now(), poll_interval_seconds, agent_version, state_etag)
+        moment = self._now() if at is None else at
+        self._marks[node_id] = (moment, poll_interval_seconds, agent_version, state_etag)
 
     @property
     def pending(self) -> int:

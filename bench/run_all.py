@@ -39,6 +39,8 @@ EXTRA = {
     # Issue 10: a fleet of 100,000 nodes on SQLite and 50,000 on PostgreSQL with two
     # replicas (many minutes; --quick: 2,000 each), and what kept connections cost.
     "fleet": "fleet",
+    # Issue 10 item 7: a release to 10,000 nodes (--quick: 1,000), plans back to back.
+    "plan-fanout": "plan_fanout",
     "connections": "connections",
 }
 START = "<!-- bench:results:start -->"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from appliance.api.common import (
     read_json,
 )
 from appliance.auth import token_digest
+from appliance.liveness import moment_of
 from appliance.push.service import mqtt_registration
 from appliance.services import services
 from appliance.store.records import NodeRecord
@@ -103,16 +105,18 @@ async def heartbeat(request: web.Request) -> web.Response:
     if stamp is None:
         raise NotFound("node not found", details={"node_id": node_id})
     # Liveness joins the replica's batch (written within about a second), like a poll's.
+    seen_at = time.time()
     svc.liveness.seen(
         node_id,
         stamp.poll_interval_seconds,
         optional_str(body, "agent_version", 100),
         optional_str(body, "state_etag", 200),
+        at=seen_at,
     )
     counters = function_counters(body)
     if counters:  # the rollouts' health gate reads them (appliance/rollouts/engine.py)
         await svc.store.record_function_counters(node_id, counters, utcnow())
-    return json_response({"status": "online", "server_time": format_time(utcnow())})
+    return json_response({"status": "online", "server_time": format_time(moment_of(seen_at))})
 
 
 def function_counters(body: dict[str, Any]) -> dict[str, tuple[int, int]]:

@@ -42,18 +42,17 @@ class _SqliteConnection:
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._connection = connection
 
+    # A read runs, fetches and finishes in ONE call on aiosqlite's thread. Run as
+    # separate calls (execute, then fetch, then close), another coroutine's query
+    # on the same connection could step in between and run inside this one's open
+    # read snapshot, not seeing a write committed before it started.
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        try:
-            async with self._connection.execute(sql, params) as cursor:
-                row = await cursor.fetchone()
-        except _DRIVER_ERRORS as exc:
-            raise _translate(exc) from exc
-        return dict(row) if row is not None else None
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         try:
-            async with self._connection.execute(sql, params) as cursor:
-                rows = await cursor.fetchall()
+            rows = await self._connection.execute_fetchall(sql, params)
         except _DRIVER_ERRORS as exc:
             raise _translate(exc) from exc
         return [dict(row) for row in rows]

@@ -1,7 +1,9 @@
 """Replicas: several control planes on one PostgreSQL database (the k3s layout).
 
 Two apps share the database and the data dir (so the folder artifact store too):
-whatever one replica writes, the other serves at once, caches included.
+whatever one replica writes, the other serves within the FleetCache's staleness
+bound (a stamp is trusted for at most 1 s; appliance/fleet_cache.py). Tests pass
+that bound by moving the other replica's cache clock on, never by sleeping.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import pytest
 from api_support import ADMIN, Api, expect_error
 from yarl import URL
 
+from appliance.fleet_cache import STAMP_TTL_SECONDS
+
 pytestmark = pytest.mark.databases("postgresql")
+PAST_THE_BOUND = STAMP_TTL_SECONDS + 0.001
 
 
 async def replicas(make_api, make_database_url) -> tuple[Api, Api]:  # type: ignore[no-untyped-def]
@@ -18,6 +23,14 @@ async def replicas(make_api, make_database_url) -> tuple[Api, Api]:  # type: ign
     first: Api = await make_api(database_url=url)
     second: Api = await make_api(database_url=url, data_dir=first.config.data_dir)
     return first, second
+
+
+def past_the_bound(*apis: Api) -> None:
+    """Let these replicas' caches live through the staleness bound (their clock moves on)."""
+    for api in apis:
+        cache = api.services.cache
+        earlier = cache._clock  # the injected monotonic clock
+        cache._clock = lambda earlier=earlier: earlier() + PAST_THE_BOUND  # type: ignore[misc]
 
 
 async def test_a_release_through_one_replica_reaches_nodes_polling_another(
@@ -30,9 +43,10 @@ async def test_a_release_through_one_replica_reaches_nodes_polling_another(
     assert idle["actions"] == []
     assert (await first.poll(node, idle["etag"])).status == 304
 
-    # A release through the other replica: both stop answering 304 at once.
+    # A release through the other replica: both stop answering 304 within the bound.
     await second.add_schema(1, "CREATE TABLE kv (k TEXT PRIMARY KEY);")
     created = await second.upload_ok("hello", "1.0", wasm.module())
+    past_the_bound(first)
     plan = await first.plan(node, idle["etag"])
     assert [action["type"] for action in plan["actions"]] == ["apply_schema", "deploy_function"]
     assert (await second.poll(node, plan["etag"])).status == 304
@@ -47,12 +61,14 @@ async def test_a_release_through_one_replica_reaches_nodes_polling_another(
     shown = await second.node(node)
     assert shown["current_schema_version"] == 1
     assert shown["functions"] == plan["target"]["functions"]
+    past_the_bound(second)
     settled = await second.plan(node, plan["etag"])
     assert settled["actions"] == [] and settled["etag"] != plan["etag"]
 
     # A deletion through the second withdraws the version on the first.
     response = await second.delete(f"/api/v1/functions/{created['id']}", headers=ADMIN)
     assert response.status == 204
+    past_the_bound(first)
     removal = await first.plan(node, settled["etag"])
     assert [action["type"] for action in removal["actions"]] == ["remove_function"]
 
@@ -66,6 +82,7 @@ async def test_a_token_rotated_on_one_replica_is_refused_by_the_other(
     rotated = await first.json(
         "POST", f"/api/v1/nodes/{node.id}/token/rotate", json={}, headers=node.headers
     )
+    past_the_bound(second)  # a rotation elsewhere is honoured within the stamp TTL
     response = await second.poll(node)
     await expect_error(response, 401, "UNAUTHORIZED")
     fresh = {"Authorization": f"Bearer {rotated['token']}"}

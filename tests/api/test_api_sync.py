@@ -519,7 +519,7 @@ async def test_cached_plan_is_rerendered_before_its_urls_age(make_api, wasm, mon
     import time
     from types import SimpleNamespace
 
-    from appliance import signing, sync_service
+    from appliance import signing
 
     api: Api = await make_api(url_ttl_seconds=30)
     await api.upload_ok("hello", "1.0", wasm.module())
@@ -528,7 +528,7 @@ async def test_cached_plan_is_rerendered_before_its_urls_age(make_api, wasm, mon
     assert (await api.plan(node))["sync_id"] == first["sync_id"]  # served from the cache
     # 25 s later on the cache's clock: a cached URL would have 5 s of its 30 left.
     later = time.monotonic() + 25
-    monkeypatch.setattr(sync_service, "time", SimpleNamespace(monotonic=lambda: later))
+    monkeypatch.setattr(api.services.cache, "_clock", lambda: later)  # the FleetCache's clock
     wall = time.time() + 25  # and on the signer's clock
     monkeypatch.setattr(signing, "time", SimpleNamespace(time=lambda: wall))
     second = await api.plan(node)
