@@ -111,6 +111,7 @@ def _paths() -> dict[str, Any]:
     # modules import this one), so the document states exactly what they check.
     from appliance.api.schemas import SQL_LIMIT
     from appliance.api.tokens import MAX_TTL_SECONDS
+    from appliance.openapi_releases import release_paths
 
     node = [_path_param("node_id")]
     function = [_path_param("function_id")]
@@ -408,7 +409,14 @@ def _paths() -> dict[str, Any]:
                 security=None,
             )
         },
+        **release_paths(),
     }
+
+
+def _release_schemas() -> dict[str, Any]:
+    from appliance.openapi_releases import RELEASE_SCHEMAS
+
+    return RELEASE_SCHEMAS
 
 
 @cache
@@ -424,7 +432,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **_release_schemas()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

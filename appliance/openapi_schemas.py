@@ -106,6 +106,8 @@ SCHEMAS: dict[str, Any] = {
         last_heartbeat_at=TIME_OR_NULL,
         last_sync_at=TIME_OR_NULL,
         created_at=TIME,
+        release_id={"type": "string", "nullable": True},
+        pinned_release_id={"type": "string", "nullable": True},
     ),
     "Function": obj(
         "id",
@@ -119,6 +121,7 @@ SCHEMAS: dict[str, Any] = {
         version=VERSION,
         sha256=SHA256,
         size_bytes=integer(0),
+        requires_schema=integer(0),
         created_at=TIME,
     ),
     "Migration": obj(
