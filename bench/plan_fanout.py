@@ -92,7 +92,8 @@ async def _enroll(base: str, enrollment: str, count: int) -> list[tuple[str, str
             headers = {"Authorization": f"Bearer {token}"}
             async with session.get(f"/api/v1/nodes/{node_id}/sync", headers=headers) as response:
                 if response.status != 200:
-                    raise BenchError(f"first poll of node {index}: {response.status} {await response.text()}")
+                    text = await response.text()
+                    raise BenchError(f"first poll of node {index}: {response.status} {text}")
                 etag = response.headers["ETag"]
             return node_id, token, etag
 
