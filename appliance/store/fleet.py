@@ -9,17 +9,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from appliance.store.base import StoreBase
 from appliance.store.db import Connection
 from appliance.store.records import NodeRecord
-from appliance.store.releases import _IN_ACTIVE_ROLLOUT, FleetSettings, _fleet, _latest
+from appliance.store.releases import (
+    _IN_ACTIVE_ROLLOUT,
+    FleetSettings,
+    ReleaseStore,
+    _fleet,
+    _latest,
+)
 from edgesync.errors import NodeInRollout, NotFound
 
 if TYPE_CHECKING:  # 10-A's transaction type (annotations only)
     from appliance.store.transaction import Transaction
 
 
-class FleetStore(StoreBase):
+class FleetStore(ReleaseStore):
     """The SQL of ``fleet_state``'s settings and ``nodes.pinned_release_id``."""
 
     async def update_fleet(
@@ -38,6 +43,10 @@ class FleetStore(StoreBase):
             auto = before.auto_release if auto_release is None else auto_release
             default = default_release_id if set_default else before.default_release_id
             latest = await _latest(tx)
+            if before.auto_release and not auto and latest is None:
+                # No release yet (a fleet from before releases, or an empty one): the
+                # fleet as it is becomes release 1, so every node has one to stay on.
+                latest = await self._auto_release(tx, "auto_release_off", force=True)
             if before.auto_release and not auto:
                 # Followers stay where they are: their release becomes explicit, and
                 # nodes without one (new nodes) get the default, the latest if unset.

@@ -126,8 +126,11 @@ class ReleaseStore(StoreBase):
         if reason in AUTO_RELEASE_REASONS and (await _fleet(tx)).auto_release:
             await self._auto_release(tx, reason)
 
-    async def _auto_release(self, tx: Transaction, reason: str) -> ReleaseRecord | None:
-        """Snapshot the fleet's v1 target into the next release, unless it is the latest."""
+    async def _auto_release(
+        self, tx: Transaction, reason: str, *, force: bool = False
+    ) -> ReleaseRecord | None:
+        """Snapshot the fleet's v1 target into the next release, unless it is the latest
+        (or, without ``force``, the first one would be empty)."""
         row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
         schema_version = int(row["v"]) if row and row["v"] is not None else 0
         newest = await _newest_functions(tx)
@@ -136,7 +139,7 @@ class ReleaseStore(StoreBase):
         candidate = (schema_version, tuple(sorted((f.name, f.version, f.sha256) for f in newest)))
         if latest is not None and latest.content() == candidate:
             return None
-        if latest is None and candidate == (0, ()):
+        if latest is None and candidate == (0, ()) and not force:
             return None
         release = await self._insert_release(tx, schema_version, functions, None, reason)
         await _follow_latest(tx)

@@ -13,7 +13,6 @@ from appliance.store.fleet import FleetStore
 from appliance.store.functions import STALE_UPLOAD, FunctionStore
 from appliance.store.instances import InstanceStore
 from appliance.store.nodes import NodeStore
-from appliance.store.releases import ReleaseStore
 from appliance.store.rollouts import RolloutControl
 from appliance.store.syncs import SyncStore
 from appliance.store.targets import TargetStore
@@ -22,7 +21,6 @@ __all__ = ["STALE_UPLOAD", "Store", "decode_cursor", "encode_cursor"]
 
 
 class Store(
-    ReleaseStore,
     FleetStore,
     RolloutControl,
     NodeStore,
@@ -33,6 +31,7 @@ class Store(
 ):
     """Domain-level reads and writes over a :class:`~appliance.store.db.Database`.
 
-    ``ReleaseStore`` comes first: its ``_bump_generation`` turns every bump that
-    changes the fleet's v1 target into an auto-release, in the same transaction.
+    ``FleetStore`` (over ``ReleaseStore``) comes first: ``ReleaseStore._bump_generation``
+    turns every bump that changes the fleet's v1 target into an auto-release, in the
+    same transaction.
     """

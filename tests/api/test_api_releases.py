@@ -163,3 +163,14 @@ async def test_release_routes_are_admin_only(api: Api) -> None:
     for method, path in (("GET", "/api/v1/releases"), ("GET", "/api/v1/fleet")):
         response = await api.client.request(method, path, headers=node.headers)
         await expect_error(response, 403, "FORBIDDEN")
+
+
+async def test_auto_release_off_before_any_release_holds_every_node(api: Api, wasm) -> None:
+    node = await api.register()
+    fleet = await api.json("PUT", "/api/v1/fleet", json={"auto_release": False}, headers=ADMIN)
+    listed = (await api.json("GET", "/api/v1/releases", headers=ADMIN))["releases"]
+    assert [(r["number"], r["schema_version"], r["functions"]) for r in listed] == [(1, 0, [])]
+    assert fleet["default_release_id"] == listed[0]["id"]
+    await api.upload_ok("hello", "1.0", wasm.module(1))
+    assert (await api.plan(node))["actions"] == []
+    assert (await api.plan(await api.register()))["actions"] == []
