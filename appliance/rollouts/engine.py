@@ -100,11 +100,8 @@ class RolloutEngine:
     async def evaluate(self, rollout_id: str) -> set[str]:
         """Record outcomes, move the rollout on; returns its nodes still to watch."""
         store = self._store
-        release = await store.get_release((await store.get_rollout(rollout_id)).release_id)
-        wanted = (
-            release.schema_version,
-            {(f["name"], f["version"], f["sha256"]) for f in release.functions},
-        )
+        target = await store.release_target((await store.get_rollout(rollout_id)).release_id)
+        wanted = (target.schema_version, {(f.name, f.version, f.sha256) for f in target.functions})
         now = self.clock()
 
         async def step(tx: Transaction) -> set[str]:

@@ -288,8 +288,11 @@ class ReleaseStore(StoreBase):
         migrations = [MigrationRecord.from_row(r) for r in rows]
         functions = []
         for entry in release.functions:
+            # A deleted version (its object is gone) leaves every release's target,
+            # as it leaves the fleet's: nodes holding it are told to remove it.
             row = await self.db.fetchone(
-                "SELECT * FROM functions WHERE id = ?", (entry["function_id"],)
+                "SELECT * FROM functions WHERE id = ? AND deleted_at IS NULL",
+                (entry["function_id"],),
             )
             if row is not None:
                 functions.append(FunctionRecord.from_row(row))

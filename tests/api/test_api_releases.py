@@ -174,3 +174,17 @@ async def test_auto_release_off_before_any_release_holds_every_node(api: Api, wa
     await api.upload_ok("hello", "1.0", wasm.module(1))
     assert (await api.plan(node))["actions"] == []
     assert (await api.plan(await api.register()))["actions"] == []
+
+
+async def test_a_deleted_version_leaves_the_targets_of_older_releases(api: Api, wasm) -> None:
+    node = await api.register()
+    first = await api.upload_ok("hello", "1.0", wasm.module(1))
+    await api.upload_ok("other", "1.0", wasm.module(2))
+    held = (await api.json("GET", "/api/v1/releases", headers=ADMIN))["releases"][0]
+    await api.json(
+        "PUT", f"/api/v1/nodes/{node.id}/pin", json={"release_id": held["id"]}, headers=ADMIN
+    )
+    await api.apply(node, await api.plan(node))
+    await api.delete(f"/api/v1/functions/{first['id']}", headers=ADMIN)
+    plan = await api.plan(node)  # the pinned release named it; its bytes are gone
+    assert [(a["type"], a["name"]) for a in plan["actions"]] == [("remove_function", "hello")]
