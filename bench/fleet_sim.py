@@ -255,7 +255,9 @@ async def enroll(
             status = await send(connection, build_request("GET", path, host, auth), "first poll")
             etag = connection.header("etag")
             if status != 200 or etag is None:
-                raise BenchError(f"first poll of node {index}: HTTP {status}")
+                raise BenchError(
+                    f"first poll of node {index}: HTTP {status} {connection.body[:300]!r}"
+                )
             nodes[index] = Node(answer["node_id"], answer["token"], etag, replica % len(servers))
         connection.close()
 
