@@ -11,7 +11,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from kubernetes_validate import utils as kubernetes_validate
@@ -53,6 +53,7 @@ EXPECTED_TREE = {
     "cockroachdb/service.yaml",
     "cockroachdb/job.yaml",
     "cockroachdb/pdb.yaml",
+    "cockroachdb/certs-job.yaml",
     "minio/deployment.yaml",
     "minio/pvc.yaml",
     "minio/service.yaml",
@@ -62,6 +63,14 @@ EXPECTED_TREE = {
     "control-plane/configmap.yaml",
     "control-plane/secret.yaml",
     "control-plane/hpa.yaml",
+    "control-plane/migrate-job.yaml",
+}
+# Secrets no manifest holds: the certificates Job (cockroachdb/certs-job.yaml) makes them.
+GENERATED_SECRETS = {
+    "cockroachdb-ca",
+    "cockroachdb-node",
+    "cockroachdb-client-root",
+    "edgesync-db-client",
 }
 MANIFESTS = k3s_manifests()
 
@@ -189,6 +198,11 @@ def test_referenced_configmaps_secrets_and_claims_exist() -> None:
                     assert ("ConfigMap", source["configMapRef"]["name"]) in names
                 if "secretRef" in source:
                     assert ("Secret", source["secretRef"]["name"]) in names
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    secret = find("Secret", ref["name"]).doc["stringData"]
+                    assert ref["key"] in secret, manifest.where
             mounted = {v["name"] for v in container.get("volumeMounts", [])}
             declared = {v["name"] for v in spec.get("volumes", [])}
             claims = {
@@ -196,6 +210,9 @@ def test_referenced_configmaps_secrets_and_claims_exist() -> None:
             }
             assert mounted <= declared | claims, manifest.where
         for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                name = volume["secret"]["secretName"]
+                assert ("Secret", name) in names or name in GENERATED_SECRETS, manifest.where
             if "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 assert ("PersistentVolumeClaim", claim) in names
@@ -232,7 +249,7 @@ def test_pods_meet_the_restricted_profile(manifest: Manifest) -> None:
     allowed_volumes = {"emptyDir", "persistentVolumeClaim", "configMap", "secret", "projected"}
     for volume in spec.get("volumes", []):
         assert set(volume) - {"name"} <= allowed_volumes, volume
-    for container in spec["containers"]:
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
         context = container.get("securityContext", {})
         assert context.get("allowPrivilegeEscalation") is False, container["name"]
         assert context.get("capabilities", {}).get("drop") == ["ALL"], container["name"]
@@ -256,7 +273,73 @@ def test_cockroachdb_is_a_three_node_cluster_on_persistent_volumes() -> None:
     assert join, command
     expected = [f"cockroachdb-{i}.{statefulset['serviceName']}" for i in range(3)]
     assert join[1].split(",") == expected
-    assert "--insecure" in command
+
+
+def test_cockroachdb_runs_as_its_kubernetes_guidance_asks() -> None:
+    """Secure mode, logs to stderr, no liveness probe, a long drain, a pinned patch."""
+    statefulset = find("StatefulSet", "cockroachdb")
+    pod = statefulset.doc["spec"]["template"]["spec"]
+    container = only_container(statefulset)
+    command = " ".join(container["command"])
+    assert "--insecure" not in command
+    assert "--certs-dir=/cockroach/cockroach-certs" in command
+    assert re.search(r"--logtostderr(=\w+)?\b", command)
+    assert "livenessProbe" not in container
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["terminationGracePeriodSeconds"] >= 300
+    # The node certificate reaches the certs dir (copied there, keys 0400).
+    (copy,) = pod["initContainers"]
+    assert "chmod 0400" in copy["command"][2]
+    certs = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert certs["/cockroach/cockroach-certs"] in {m["name"] for m in copy["volumeMounts"]}
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"cockroachdb-node"}
+
+
+def test_every_cockroach_image_is_one_pinned_patch_version() -> None:
+    images = {
+        c["image"]
+        for _, template in pod_templates()
+        for c in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]
+        if c["image"].startswith("cockroachdb/cockroach")
+    }
+    assert len(images) == 1, images
+    assert re.fullmatch(r"cockroachdb/cockroach:v\d+\.\d+\.\d+", images.pop())
+
+
+def test_nothing_in_k3s_runs_cockroachdb_insecure() -> None:
+    for manifest, template in pod_templates():
+        for c in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]:
+            assert "--insecure" not in " ".join(c.get("command", [])), manifest.where
+
+
+def test_the_certs_job_makes_every_certificate_secret() -> None:
+    jobs = [m for m in MANIFESTS if m.kind == "Job" and m.name == "cockroachdb-certs"]
+    (job,) = jobs
+    spec = job.doc["spec"]["template"]["spec"]
+    (generate,) = spec["initContainers"]
+    script = generate["command"][2]
+    for what in ("create-ca", "create-node", "create-client root", "create-client edgesync"):
+        assert f"cert {what}" in script
+    for name in ("cockroachdb-public", "*.cockroachdb"):
+        assert f'"{name}' in script or f" {name} " in script, name
+    (store,) = spec["containers"]
+    program = store["command"][2]
+    compile(program, "certs-job store", "exec")  # it parses
+    for secret in GENERATED_SECRETS:
+        assert f'"{secret}"' in program, secret
+    # The existing CA is never replaced: it is checked first and written last.
+    assert program.index("cockroachdb-ca") < program.index('store("cockroachdb-node"')
+    assert program.rindex('store("cockroachdb-ca"') > program.rindex('store("edgesync-db-client"')
+    # Its token comes only through the projected volume, and may only get and create Secrets.
+    assert spec["automountServiceAccountToken"] is False
+    assert any("projected" in v for v in spec["volumes"])
+    role = find("Role", "cockroachdb-certs").doc
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
+    ]
+    binding = find("RoleBinding", "cockroachdb-certs").doc
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
 
 
 def test_cockroachdb_disruption_budget_covers_the_nodes() -> None:
@@ -269,9 +352,14 @@ def test_cockroachdb_disruption_budget_covers_the_nodes() -> None:
 def test_init_job_initialises_the_cluster_and_creates_the_database() -> None:
     job = find("Job", "cockroachdb-init")
     script = "\n".join(only_container(job)["command"])
-    assert "cockroach init --insecure --host=cockroachdb-0.cockroachdb:26257" in script
-    database = urlsplit(control_plane_env()["DATABASE_URL"]).path.lstrip("/")
+    assert 'cockroach init --certs-dir="$certs" --host=cockroachdb-0.cockroachdb:26257' in script
+    url = urlsplit(control_plane_env()["DATABASE_URL"])
+    database = url.path.lstrip("/")
     assert f"CREATE DATABASE IF NOT EXISTS {database}" in script
+    assert f"CREATE USER IF NOT EXISTS {url.username}" in script
+    # CREATE DATABASE sits inside a retry loop (right after init it can fail).
+    loop = script[script.rindex("for attempt") :]
+    assert "CREATE DATABASE" in loop and "sleep" in loop and "exit 1" in loop
     assert job.doc["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
 
 
@@ -363,11 +451,54 @@ def test_control_plane_image_matches_the_dockerfile() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     data_dir = str(parse("serve", container["args"][1:]).params["data_dir"])
-    assert set(mounts) == {"/tmp", data_dir}
+    certs = db_certs_dir()
+    assert set(mounts) == {"/tmp", data_dir, certs}
     shiv_root = runtime.env()["SHIV_ROOT"]
     assert not any(shiv_root.startswith(path) for path in mounts)
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert all("emptyDir" in volumes[name] for name in mounts.values())
+    writable = {path: name for path, name in mounts.items() if path != certs}
+    assert all("emptyDir" in volumes[name] for name in writable.values())
+
+
+def db_certs_dir() -> str:
+    """Where DATABASE_URL's certificates are: one directory, the same for all three."""
+    query = dict(parse_qsl(urlsplit(control_plane_env()["DATABASE_URL"]).query))
+    dirs = {query[key].rsplit("/", 1)[0] for key in ("sslrootcert", "sslcert", "sslkey")}
+    assert len(dirs) == 1, dirs
+    return dirs.pop()
+
+
+def test_serve_connects_with_tls_verifying_the_server_and_a_client_certificate() -> None:
+    url = urlsplit(control_plane_env()["DATABASE_URL"])
+    query = dict(parse_qsl(url.query))
+    assert query["sslmode"] == "verify-full"
+    assert url.password is None  # the client certificate is the credential
+    assert query["sslcert"].endswith(f"client.{url.username}.crt")
+    assert query["sslkey"].endswith(f"client.{url.username}.key")
+    for name in ("control-plane-api", "control-plane-migrate"):
+        kind = "Deployment" if name == "control-plane-api" else "Job"
+        manifest = find(kind, name)
+        pod = manifest.doc["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for m in only_container(manifest)["volumeMounts"]}
+        volume = {v["name"]: v for v in pod["volumes"]}[mounts[db_certs_dir()]]
+        assert volume["secret"]["secretName"] == "edgesync-db-client"
+        # libpq takes a root-owned key only at u=rw,g=r or less; fsGroup gives us g.
+        assert volume["secret"]["defaultMode"] & 0o137 == 0
+        assert pod["securityContext"]["fsGroup"]
+
+
+def test_the_migrate_job_runs_edgesync_migrate_on_the_same_database() -> None:
+    job = find("Job", "control-plane-migrate")
+    container = only_container(job)
+    deployment = only_container(find("Deployment", "control-plane-api"))
+    assert container["image"] == deployment["image"]
+    assert container["args"] == ["migrate"]
+    (variable,) = container["env"]
+    assert variable["name"] in cli_env_vars("migrate")
+    assert variable["valueFrom"]["secretKeyRef"] == {
+        "name": "control-plane-secrets",
+        "key": "DATABASE_URL",
+    }
 
 
 def test_hpa_scales_the_deployment_on_cpu() -> None:
@@ -418,7 +549,8 @@ def test_docs_describe_applying_the_tree() -> None:
 def shell_scripts() -> Iterator[tuple[str, str]]:
     """(where, script) of every container started as `bash|sh -c SCRIPT`."""
     for manifest, template in pod_templates():
-        for container in template["spec"]["containers"]:
+        spec = template["spec"]
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
             command = container.get("command", [])
             if len(command) >= 3 and command[0].endswith(("/bash", "/sh")) and "c" in command[1]:
                 yield f"{manifest.where}/{container['name']}", command[2]
@@ -426,7 +558,8 @@ def shell_scripts() -> Iterator[tuple[str, str]]:
 
 def test_embedded_shell_scripts_parse() -> None:
     scripts = list(shell_scripts())
-    assert len(scripts) >= 2  # CockroachDB's start and its init Job
+    # CockroachDB's start and its certificate copy, the init Job, the certs Job.
+    assert len(scripts) >= 4
     for where, script in scripts:
         result = subprocess.run(
             ["bash", "-n", "-c", script], capture_output=True, text=True, timeout=30
