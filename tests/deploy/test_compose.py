@@ -83,6 +83,12 @@ def test_cockroachdb_single_node(services: dict[str, Any]) -> None:
     assert cockroach["healthcheck"]["test"]
 
 
+def test_compose_says_its_cockroachdb_is_insecure_and_for_development() -> None:
+    text = COMPOSE.read_text()
+    service = text[text.index("  cockroachdb:") : text.index("command: start-single-node")]
+    assert "INSECURE, FOR DEVELOPMENT ONLY" in service
+
+
 def test_the_database_is_created_before_the_api_starts(
     services: dict[str, Any], api_env: dict[str, str]
 ) -> None:
