@@ -181,6 +181,10 @@ def _notes(result: FleetRuns) -> list[str]:
             )
             + f". Serve's capacity from the probe: {r.capacity:,.0f} intervals/s on its core."
         )
+        if r.enrol_anomalies:
+            found = ", ".join(f"{n:,} × {kind}" for kind, n in r.enrol_anomalies.items())
+            label = _label(r.settings)
+            notes.append(f"* **Server anomalies during enrolment** ({label}): {found}.")
     return notes
 
 
