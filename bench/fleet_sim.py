@@ -265,9 +265,8 @@ async def enroll(
                     break
                 # A server bug, not the fleet's: counted and reported, then retried.
                 if anomalies is not None:
-                    anomalies["401 on a new node's first poll"] = (
-                        anomalies.get("401 on a new node's first poll", 0) + 1
-                    )
+                    kind = f"401 on a new node's first poll: {connection.body[:160]!r}"
+                    anomalies[kind] = anomalies.get(kind, 0) + 1
                 await asyncio.sleep(0.2)
                 status = await send(connection, poll, "first poll")
             etag = connection.header("etag")
