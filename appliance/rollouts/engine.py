@@ -55,7 +55,7 @@ class RolloutEngine:
 
     def committed(self, tx: Transaction) -> None:
         """A write of this process: an ack of a node in a running rollout wakes the loop."""
-        if self._watched and getattr(tx, "touched", set()) & self._watched:
+        if self._watched and tx.touched & self._watched:
             self._wake.set()
 
     def nudge(self) -> None:
@@ -253,15 +253,12 @@ async def rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     engine = RolloutEngine(svc.store, interval=svc.config.rollout_interval)
     app[ROLLOUTS] = engine
-    # Acks wake the engine through the store's commit listeners (the Transaction
-    # refactor of issue 10); without them the loop's interval alone drives it.
-    listen = getattr(svc.store, "add_commit_listener", None)
-    if listen is not None:
-        listen(engine.committed)
+    svc.store.add_commit_listener(engine.committed)  # an ack wakes it at once
     task = asyncio.create_task(engine.run(), name="edgesync-rollouts")
     try:
         yield
     finally:
+        svc.store.remove_commit_listener(engine.committed)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

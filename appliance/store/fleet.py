@@ -20,7 +20,7 @@ from appliance.store.releases import (
 )
 from edgesync.errors import NodeInRollout, NotFound
 
-if TYPE_CHECKING:  # 10-A's transaction type (annotations only)
+if TYPE_CHECKING:  # annotations only
     from appliance.store.transaction import Transaction
 
 

@@ -32,7 +32,7 @@ from edgesync.errors import (
 )
 from edgesync.protocol import format_time
 
-if TYPE_CHECKING:  # 10-A's transaction type (annotations only)
+if TYPE_CHECKING:  # annotations only
     from appliance.store.transaction import Transaction
 
 # The generation bumps that change the fleet's v1 target: each makes an auto-release.

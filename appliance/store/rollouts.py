@@ -23,7 +23,7 @@ from appliance.store.releases import ACTIVE_ROLLOUT_STATES, _fleet, _latest, res
 from edgesync.errors import NodeInRollout, NotFound, RolloutStateConflict
 from edgesync.protocol import format_time
 
-if TYPE_CHECKING:  # 10-A's transaction type (annotations only)
+if TYPE_CHECKING:  # annotations only
     from appliance.store.transaction import Transaction
 
 ROWS_PER_INSERT = 200
