@@ -3,14 +3,15 @@
 The server's own environment holds its admin token, database URL and S3 keys;
 the checkers it runs in child processes (the migration sandbox, the large-module
 WebAssembly validator) have no use for any of them. They get only what an
-interpreter needs to start, with ``PYTHONPATH`` built from ``sys.path`` so that
-``python -m appliance.…`` works from the shiv zipapp too.
+interpreter needs to start, with ``PYTHONPATH`` from :func:`child_pythonpath` so
+that ``python -m appliance.…`` works from an editable install and the zipapp alike.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+
+from edgesync.pythonpath import child_pythonpath
 
 # What a relocated interpreter may need to start at all.
 _PASSED_THROUGH = ("PYTHONHOME", "LD_LIBRARY_PATH")
@@ -19,7 +20,7 @@ _PASSED_THROUGH = ("PYTHONHOME", "LD_LIBRARY_PATH")
 def python_child_environment(**extra: str) -> dict[str, str]:
     """A minimal environment for ``sys.executable -m appliance.<module>``."""
     environment = {
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "PYTHONPATH": child_pythonpath(),
         "PATH": os.environ.get("PATH", os.defpath),
         "LANG": "C.UTF-8",
     }

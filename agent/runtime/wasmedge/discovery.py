@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.runtime.base import RuntimeUnavailable
+from edgesync.pythonpath import child_pythonpath
 
 ENV = "EDGESYNC_WASMEDGE"
 PRIVATE_ROOT = Path(__file__).resolve().parents[3] / ".wasmedge"
@@ -205,7 +206,7 @@ def worker_command(installation: Installation) -> tuple[list[str], dict[str, str
     ``/proc/self/exe`` is then the loader, so its real path is what counts).
     """
     python = os.path.realpath(sys.executable)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = dict(os.environ, PYTHONPATH=child_pythonpath())
     env.pop("PYTHONHOME", None)
     program = [python, "-s", "-m", "agent.runtime.wasmedge.worker"]
     if installation.loader is None:
