@@ -59,8 +59,9 @@ async def test_twenty_conflicting_concurrent_acks_make_one_transition(api: Api, 
     node = await api.register()
     plan = await api.plan(node)
     fn = plan["target"]["functions"][0]
+    # Twenty different acks (identical ones would be repeats, recorded: true each).
     bodies = [
-        (state(fn, schema=0), {})
+        (state(fn, schema=index), {})
         if index % 2
         else (state(), {"status": "failed", "error": failure(message=f"try {index}")})
         for index in range(20)

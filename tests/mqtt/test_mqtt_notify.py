@@ -134,7 +134,7 @@ async def test_a_local_write_wakes_the_notifier_at_once(store: Store) -> None:
         await eventually(lambda: publisher.sent, "the notification", within=5)
     finally:
         await notifier.close()
-    assert store._generation_listeners == []
+    assert store._commit_listeners == []  # the notifier unsubscribed
 
 
 async def test_a_failed_publish_is_retried_with_the_newest_generation(store: Store) -> None:
