@@ -107,3 +107,35 @@ async def test_a_migration_failing_on_the_canary_pauses_the_rollout(
     assert rollout["waves"][1]["nodes"] == {"pending": 1, "applied": 0, "failed": 0}
     assert await cp.node_state(canary.node_id) == State.want(1, hello="1.0")
     assert (await other.sync_once()).kind == "converged"
+
+
+async def test_waves_advance_as_real_agents_ack(
+    control_plane: ControlPlane, make_agent: Any
+) -> None:
+    cp = control_plane
+    await cp.upload("hello", "1.0", hello("v1"))
+    agents = [await make_agent(f"edge-{i}") for i in range(3)]
+    await sync_until(cp, agents, State.want(0, hello="1.0"))
+    await cp.json("PUT", "/api/v1/fleet", json={"auto_release": False})
+    await cp.upload("hello", "2.0", hello("v2"))
+    body = {"schema_version": 0, "functions": [{"name": "hello", "version": "2.0"}]}
+    release = await cp.json("POST", "/api/v1/releases", 201, json=body)
+    rollout = await cp.json(
+        "POST", "/api/v1/rollouts", 201, json={"release_id": release["id"], "waves": [1, "100%"]}
+    )
+    canary, *rest = sorted(agents, key=lambda a: a.node_id)
+    for agent in rest:  # the second wave has not started: nothing to do
+        assert (await agent.sync_once()).kind == "converged"
+    await canary.sync_once()
+    rollout = await evaluate(cp, rollout)
+    assert [w["state"] for w in rollout["waves"]] == ["done", "running"]
+    for agent in rest:
+        await agent.sync_once()
+    rollout = await evaluate(cp, rollout)
+    assert rollout["state"] == "completed" and rollout["failures"] == 0
+    for agent in agents:
+        assert await cp.node_state(agent.node_id) == State.want(0, hello="2.0")
+    # Auto-release back on: the nodes the rollout left on its release follow the latest.
+    await cp.json("PUT", "/api/v1/fleet", json={"auto_release": True})
+    await cp.upload("hello", "3.0", hello("v3"))
+    await sync_until(cp, agents, State.want(0, hello="3.0"))
