@@ -149,8 +149,10 @@ class FleetResult:
 
     @property
     def cpu_us(self) -> float:
-        """CPU per node interval, serve + database, at 70 % of capacity."""
-        return self.phase("steady").cpu_us()
+        """CPU per node interval, serve + database, in the probe: a rate this box drives
+        without a queue. (On a box whose cores other work shares, ``steady`` may
+        already queue, and timeouts and retransmits then inflate its CPU per interval.)"""
+        return self.phase("probe").cpu_us()
 
     @property
     def projected_nodes(self) -> float:
