@@ -3,9 +3,9 @@ server that each test may stop and start, and in-process apps over them.
 
 ``private_postgres`` is one cluster for the session (``initdb`` costs about a
 second); every test gets a database of its own on it (``pg``) and finds the
-server running, whatever the previous test left. ``own_moto`` is an S3 server
-for one test. Without PostgreSQL binaries or moto the tests skip, and fail
-under ``CI=true``.
+server running, whatever the previous test left. ``own_s3`` is an S3 server
+(SeaweedFS, ``tests/s3/support.py``) for one test. Without PostgreSQL binaries
+or SeaweedFS the tests skip, and fail under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from degraded_support import (
     PrivatePostgres,
     in_ci,
 )
-from s3.support import MotoServer
+from s3.support import S3Server
 
 from api_support import api_factory  # on sys.path through degraded_support  # isort: skip
 
@@ -55,9 +55,9 @@ def pg(private_postgres: PrivatePostgres) -> Iterator[PgDatabase]:
 
 
 @pytest.fixture
-def own_moto(tmp_path: Path) -> Iterator[MotoServer]:
+def own_s3(tmp_path: Path) -> Iterator[S3Server]:
     """An S3 server for this test alone: it may be stopped and started again."""
-    server = MotoServer.launch(tmp_path / "own-moto.log")
+    server = S3Server.launch(tmp_path / "seaweedfs")
     try:
         yield server
     finally:

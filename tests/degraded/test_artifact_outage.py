@@ -1,11 +1,11 @@
-"""The S3 artifact store goes away (the test's moto server is stopped) and comes
-back on the same port, empty, while the control plane (on the private
+"""The S3 artifact store goes away (the test's SeaweedFS server is stopped) and comes
+back on the same ports with its data, while the control plane (on the private
 PostgreSQL, the production layout) keeps running.
 
 Uploads and proxied downloads answer 503 (retryable, ``Retry-After``); a
 refused upload leaves no row behind; what needs only the database (plans,
-listings) keeps working; afterwards the same app recreates its bucket and
-serves everything again.
+listings) keeps working; afterwards the same app serves everything again
+(``tests/s3/test_s3_outage.py`` covers a server that comes back empty).
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ from degraded_support import (
     wait_ready,
     within,
 )
-from s3.support import MotoServer
+from s3.support import S3Server
 
 
 async def test_artifact_store_outage_is_503_and_heals_without_restart(
-    make_replica: AppFactory, pg: PgDatabase, own_moto: MotoServer, wasm: Any
+    make_replica: AppFactory, pg: PgDatabase, own_s3: S3Server, wasm: Any
 ) -> None:
-    api = await make_replica(artifact_url=own_moto.url(), artifact_delivery="proxy")
+    api = await make_replica(artifact_url=own_s3.url(), artifact_delivery="proxy")
     stored = await api.upload_ok("hello", "1.0", wasm.module(1))
     node = await api.register("edge-1")
     assert await readiness(api) == (200, {"database": "ok", "artifacts": "ok"})
 
-    await asyncio.to_thread(own_moto.stop)
+    await asyncio.to_thread(own_s3.stop)
 
     status, checks = await readiness(api)
     assert status == 503
@@ -61,9 +61,11 @@ async def test_artifact_store_outage_is_503_and_heals_without_restart(
     listed = await api.json("GET", "/api/v1/functions", headers=ADMIN)
     assert [f["version"] for f in listed["functions"]] == ["1.0"]
 
-    await asyncio.to_thread(own_moto.start)  # same port; moto forgets everything
+    await asyncio.to_thread(own_s3.start)  # same ports, with its data
     assert await wait_ready(api) == {"database": "ok", "artifacts": "ok"}
 
+    download = await within(api.get(f"/api/v1/functions/{stored['id']}/download", headers=ADMIN))
+    assert download.status == 200 and await download.read() == wasm.module(1)
     created = await api.upload_ok("hello", "2.0", module)
     assert created["sha256"] == hashlib.sha256(module).hexdigest()
     download = await within(api.get(f"/api/v1/functions/{created['id']}/download", headers=ADMIN))
@@ -74,12 +76,10 @@ async def test_artifact_store_outage_is_503_and_heals_without_restart(
 
 
 async def test_both_dependencies_down_then_back_in_either_order(
-    make_replica: AppFactory, pg: PgDatabase, own_moto: MotoServer, wasm: Any
+    make_replica: AppFactory, pg: PgDatabase, own_s3: S3Server, wasm: Any
 ) -> None:
-    api = await make_replica(artifact_url=own_moto.url())
-    await asyncio.gather(
-        asyncio.to_thread(own_moto.stop), asyncio.to_thread(pg.server.stop, "fast")
-    )
+    api = await make_replica(artifact_url=own_s3.url())
+    await asyncio.gather(asyncio.to_thread(own_s3.stop), asyncio.to_thread(pg.server.stop, "fast"))
     status, checks = await readiness(api)
     assert status == 503
     assert all(value.startswith("unavailable") for value in checks.values()), checks
@@ -94,7 +94,7 @@ async def test_both_dependencies_down_then_back_in_either_order(
     await expect_unavailable(await within(api.upload("hello", "1.0", wasm.module(1))))
     assert await pg.rows("SELECT id FROM functions") == []
 
-    await asyncio.to_thread(own_moto.start)
+    await asyncio.to_thread(own_s3.start)
     await wait_ready(api)
     await api.upload_ok("hello", "1.0", wasm.module(1))
 

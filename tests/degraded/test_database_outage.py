@@ -26,7 +26,7 @@ from degraded_support import (
     within,
 )
 from minio.error import S3Error
-from s3.support import MotoServer
+from s3.support import S3Server
 
 BUCKET = "wasm-functions"
 
@@ -88,9 +88,9 @@ def outage_requests(api: Api, fleet: Fleet, module: bytes) -> dict[str, Any]:
     }
 
 
-def objects(moto: MotoServer, prefix: str) -> list[str]:
+def objects(s3: S3Server, prefix: str) -> list[str]:
     try:
-        return [o.object_name for o in moto.client().list_objects(BUCKET, prefix, recursive=True)]
+        return [o.object_name for o in s3.client().list_objects(BUCKET, prefix, recursive=True)]
     except S3Error as exc:
         if exc.code == "NoSuchBucket":
             return []
@@ -98,9 +98,9 @@ def objects(moto: MotoServer, prefix: str) -> list[str]:
 
 
 async def test_database_outage_is_503_everywhere_and_heals_without_restart(
-    make_replica: AppFactory, pg: PgDatabase, own_moto: MotoServer, wasm: Any
+    make_replica: AppFactory, pg: PgDatabase, own_s3: S3Server, wasm: Any
 ) -> None:
-    api = await make_replica(artifact_url=own_moto.url(), artifact_delivery="proxy")
+    api = await make_replica(artifact_url=own_s3.url(), artifact_delivery="proxy")
     fleet = await prepare_fleet(api, pg, wasm)
     assert await readiness(api) == (200, {"database": "ok", "artifacts": "ok"})
 
@@ -126,14 +126,14 @@ async def test_database_outage_is_503_everywhere_and_heals_without_restart(
 
     # Nothing half-written: the upload's staging file is gone, no object was stored.
     assert [p for p in (api.config.data_dir / "staging").rglob("*") if p.is_file()] == []
-    assert objects(own_moto, "during/") == []
+    assert objects(own_s3, "during/") == []
 
     await asyncio.to_thread(pg.server.start)
     assert await wait_ready(api) == {"database": "ok", "artifacts": "ok"}
 
     # Still nothing of the refused writes.
     assert await pg.rows("SELECT id FROM functions WHERE name = 'during'") == []
-    assert objects(own_moto, "during/") == []
+    assert objects(own_s3, "during/") == []
     versions = await pg.rows("SELECT version FROM schema_migrations ORDER BY version")
     assert [row["version"] for row in versions] == [1, 2]
     record = await pg.rows(
@@ -149,15 +149,15 @@ async def test_database_outage_is_503_everywhere_and_heals_without_restart(
         {"current_schema_version": 1, "state_seq": fleet.state_seq, "agent_version": None}
     ]
 
-    await retry_everything(api, fleet, own_moto, module)
+    await retry_everything(api, fleet, own_s3, module)
 
 
-async def retry_everything(api: Api, fleet: Fleet, moto: MotoServer, module: bytes) -> None:
+async def retry_everything(api: Api, fleet: Fleet, s3: S3Server, module: bytes) -> None:
     """Every request refused during the outage, sent again: each succeeds now."""
     node = fleet.node
     created = await api.upload_ok("during", "1.0", module)
     assert created["sha256"] == hashlib.sha256(module).hexdigest()
-    assert objects(moto, "during/") == ["during/1.0/function.wasm"]
+    assert objects(s3, "during/") == ["during/1.0/function.wasm"]
     download = await within(api.get(f"/api/v1/functions/{created['id']}/download", headers=ADMIN))
     assert download.status == 200 and await download.read() == module
 

@@ -30,7 +30,7 @@ from degraded_support import (
     wait_ready,
     within,
 )
-from s3.support import MotoServer
+from s3.support import S3Server
 
 from edgesync.protocol import format_time, utcnow
 
@@ -171,10 +171,10 @@ async def test_a_schema_add_cut_off_mid_transaction_is_not_applied(
 
 
 async def test_an_upload_whose_database_dies_mid_way_publishes_nothing(
-    make_replica: AppFactory, pg: PgDatabase, own_moto: MotoServer, wasm: Any, monkeypatch: Any
+    make_replica: AppFactory, pg: PgDatabase, own_s3: S3Server, wasm: Any, monkeypatch: Any
 ) -> None:
     """The database dies while the object is being stored (claim taken, not yet published)."""
-    api = await make_replica(artifact_url=own_moto.url(), artifact_delivery="proxy")
+    api = await make_replica(artifact_url=own_s3.url(), artifact_delivery="proxy")
     node = await api.register("edge-1")
     artifacts = api.services.artifacts
     store_object = artifacts.put

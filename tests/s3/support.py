@@ -133,11 +133,20 @@ class S3Server:
         tail = "&".join(f"{k}={v}" for k, v in query.items())
         return f"http://{userinfo}{self.endpoint}/{bucket or ''}" + (f"?{tail}" if tail else "")
 
-    def client(self, secret_key: str = SECRET_KEY) -> Minio:
+    def client(self, secret_key: str = SECRET_KEY, *, retries: int = 5) -> Minio:
         """A minio SDK client of its own, to look at the bucket behind the app's back."""
+        import urllib3
         from minio import Minio
 
-        return Minio(self.endpoint, ACCESS_KEY, secret_key, secure=False, region="us-east-1")
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=retries)
+        return Minio(
+            self.endpoint,
+            ACCESS_KEY,
+            secret_key,
+            secure=False,
+            region="us-east-1",
+            http_client=http,
+        )
 
     def start(self, *, wipe: bool = False, attempts: int = 5) -> None:
         """Start on the remembered ports (fresh ones the first time, others if taken).
@@ -214,7 +223,7 @@ class S3Server:
     def _wait_ready(self) -> bool:
         """Ready when an authenticated ``list_buckets()`` succeeds."""
         assert self.process is not None
-        client = self.client()
+        client = self.client(retries=0)  # this loop is the retry
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
