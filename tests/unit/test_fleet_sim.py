@@ -124,3 +124,22 @@ def test_a_poll_interval_fleet_heartbeats_every_nth_interval_like_the_agent() ->
         beats = [i for i, requests in enumerate(sent) if requests[0] == (b"beat", 200)]
         assert len(beats) == 3 and beats[1] - beats[0] == beats[2] - beats[1] == every
         assert all(requests[-1] == (b"poll", 304) for requests in sent)
+
+
+def test_the_cpu_figure_comes_from_a_phase_driven_without_a_queue() -> None:
+    from bench.fleet_sim import FleetResult, FleetSettings
+
+    def phase(name: str, rate: float, latency: float, errors: dict[str, int]) -> Phase:
+        outcome = Outcome(scheduled=100, latencies=[latency] * 100, errors=errors)
+        return Phase(name, rate, 1, outcome, serve_cpu_s=rate / 1e4, db_cpu_s=0.0, wall_s=1)
+
+    queued = phase("probe", 1500, 9.0, {"TimeoutError": 5})
+    clean_steady = phase("steady", 400, 0.003, {})
+    result = FleetResult(FleetSettings(nodes=10), phases=[queued, clean_steady])
+    assert result.measured is clean_steady
+    clean_probe = phase("probe", 1500, 0.004, {})
+    result.phases = [clean_probe, clean_steady]
+    assert result.measured is clean_probe  # both clean: the faster one
+    result.phases = [queued, phase("steady", 400, 5.0, {})]
+    assert result.measured.name == "steady"  # neither clean: the cheaper per interval
+    assert result.cpu_us == pytest.approx(result.measured.cpu_us())
