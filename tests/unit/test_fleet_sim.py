@@ -143,3 +143,26 @@ def test_the_cpu_figure_comes_from_a_phase_driven_without_a_queue() -> None:
     result.phases = [queued, phase("steady", 400, 5.0, {})]
     assert result.measured.name == "steady"  # neither clean: the cheaper per interval
     assert result.cpu_us == pytest.approx(result.measured.cpu_us())
+
+
+def test_the_report_renders_every_fleet_and_phase() -> None:
+    from bench.fleet import FleetRuns, results_markdown, summary_lines
+    from bench.fleet_sim import FleetResult, FleetSettings
+
+    phases = []
+    for name, rate in (("probe", 1500), ("steady", 2000), ("overload", 4000), ("recovery", 2000)):
+        outcome = Outcome(scheduled=10, latencies=[0.002] * 10, by_second={0: [0.002] * 10})
+        phases.append(Phase(name, rate, 1, outcome, 0.003, 0.001, 1.0, 0.2, 0.1))
+    result = FleetResult(
+        FleetSettings(nodes=10, backend="postgres", replicas=2),
+        phases=phases,
+        commit="abc1234 subject",
+        enrol_anomalies={"401 on a new node's first poll: b'...'": 1},
+    )
+    runs = FleetRuns([result])
+    text = results_markdown(runs, "quick")
+    assert "PostgreSQL, 2 replicas" in text and "`abc1234 subject`" in text
+    assert text.count("| PostgreSQL, 2 replicas | ") == 5  # the fleet row and four phases
+    assert "Server anomalies during enrolment" in text
+    # Both unqueued: the CPU figure is the faster phase's, never overload's.
+    assert "CPU per node interval (steady, 2,000/s)" in "\n".join(summary_lines(runs))
