@@ -395,3 +395,20 @@ async def wait_ready(api: Api) -> dict[str, Any]:
         if loop.time() > deadline:
             raise AssertionError(f"not ready {READY_TIMEOUT:g} s after the recovery: {checks}")
         await asyncio.sleep(0.2)
+
+
+# Past any staleness bound of the poll path's FleetCache (about a second).
+PAST_THE_CACHE = 3600.0
+
+
+def past_the_cache(*apis: Api) -> None:
+    """Move these apps' FleetCache clocks past their staleness bound, never by sleeping.
+
+    For up to that bound after the database went away, a replica may answer a
+    poll with the plan it already holds (its sync record was written before the
+    outage); what a node gets after the bound is what the outage tests check.
+    """
+    for api in apis:
+        cache = api.services.cache
+        earlier = cache._clock  # the injected monotonic clock
+        cache._clock = lambda earlier=earlier: earlier() + PAST_THE_CACHE  # type: ignore[misc]

@@ -21,6 +21,7 @@ from degraded_support import (
     Node,
     PgDatabase,
     expect_unavailable,
+    past_the_cache,
     readiness,
     wait_ready,
     within,
@@ -105,6 +106,7 @@ async def test_database_outage_is_503_everywhere_and_heals_without_restart(
     assert await readiness(api) == (200, {"database": "ok", "artifacts": "ok"})
 
     await asyncio.to_thread(pg.server.stop, "fast")
+    past_the_cache(api)
 
     status, checks = await readiness(api)
     assert status == 503
@@ -196,6 +198,7 @@ async def test_two_replicas_both_degrade_and_both_recover(
     assert (await second.plan(node))["sync_id"] is None  # the node is known to both
 
     await asyncio.to_thread(pg.server.stop, "fast")
+    past_the_cache(first, second)
     readiness_of_both = asyncio.gather(readiness(first), readiness(second))
     refused = await asyncio.gather(
         within(first.upload("during", "1.0", wasm.module(3))),
