@@ -221,8 +221,9 @@ def edgesync_serve(
 ) -> Iterator[Server]:
     """``edgesync serve`` with embedded defaults in a fresh data dir, on an ephemeral port.
 
-    Access log off unless ``access_log`` (the fleet simulator measures serve's defaults),
-    log level warning, a known admin token via the environment.
+    Access log off and log level warning unless ``access_log`` (serve's defaults: the
+    poll benchmark and the fleet simulator measure them), a known admin token via
+    the environment.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="serve-data-", dir=workdir))
     port = free_port()
@@ -240,9 +241,9 @@ def edgesync_serve(
             str(port),
             "--data-dir",
             str(data_dir),
-            *([] if access_log else ["--no-access-log"]),
-            "--log-level",
-            "warning",
+            # With the access log on, serve's default log level too (at "warning"
+            # the access log's INFO lines would not be written at all).
+            *([] if access_log else ["--no-access-log", "--log-level", "warning"]),
             *extra_args,
         ],
         cpu,
