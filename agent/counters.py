@@ -29,3 +29,21 @@ class FunctionCounters:
         entry["invocations"] += 1
         if failed:
             entry["errors"] += 1
+
+
+def put_back(pending: dict[str, Any], unsent: dict[str, Any]) -> None:
+    """Return a heartbeat body that could not be delivered to ``pending``.
+
+    Calls counted while it was in flight are already in ``pending``: counters are
+    added together, so no invocation or error is lost or counted twice; any other
+    field keeps its newer value.
+    """
+    for key, value in unsent.items():
+        if key != "functions":
+            pending.setdefault(key, value)
+            continue
+        functions = pending.setdefault("functions", {})
+        for name, counts in value.items():
+            entry = functions.setdefault(name, {"invocations": 0, "errors": 0})
+            entry["invocations"] += counts["invocations"]
+            entry["errors"] += counts["errors"]

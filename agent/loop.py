@@ -35,6 +35,7 @@ from agent.backoff import (
     valid_poll_interval,
 )
 from agent.config import AgentConfig
+from agent.counters import put_back
 from agent.credentials import Credentials
 from agent.edgedb import EdgeDatabase
 from agent.failures import PLAN_REJECTED, classify, error_info
@@ -290,8 +291,7 @@ class Agent:
         try:
             await self.api.heartbeat(self.node_id, local, report)
         except BaseException:
-            for key, value in report.items():  # not delivered: the next interval tries again
-                self.pending_report.setdefault(key, value)
+            put_back(self.pending_report, report)  # not delivered: the next interval tries again
             raise
         self._reported_state = local.digest()
         self._intervals_since_heartbeat = 0
