@@ -2,13 +2,12 @@
 
 The bookkeeping (``_edgesync_*`` tables) lives in the same file as the schema
 that migrations build, so ONE transaction covers a release: the migrations in
-order and the new function table commit together or not at all (DESIGN.md,
-"The agent's atomicity"). After a crash the file says exactly which release
+order and the new function table commit together or not at all (docs/agent.md). After a crash the file says exactly which release
 the node is on.
 
 Migrations run through the shared runner (:mod:`edgesync.sqlrunner`) under the
 migration rules (:mod:`edgesync.sqlguard`), even from a tampered control plane.
-libsql has no authorizer (NOTES.md), so before it touches the file a plan's
+libsql 0.1 has no authorizer, so before it touches the file a plan's
 migrations are proved under the rules on a stdlib ``sqlite3`` in-memory copy of
 the node's schema (a dry run: no data); during the real apply the runner checks
 after each statement that the release's transaction is still open and nothing
@@ -200,7 +199,7 @@ def _prove(
     of the schema.
 
     The schema is read through the node's own connection: opening ``edge.db``
-    with a second SQLite library in this process would break its locks (NOTES.md).
+    with a second SQLite library in this process would break its locks (closing one unlinks the other's WAL).
     """
     schema = [(str(name), str(sql)) for name, sql in connection.execute(_APP_SCHEMA).fetchall()]
     try:

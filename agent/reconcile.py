@@ -1,7 +1,7 @@
 """One release, one unit: the agent's ``sync_once`` step.
 
 Order, chosen so that a ``kill -9`` at any instant leaves the node on its old
-state or its new one (DESIGN.md):
+state or its new one (docs/agent.md):
 
 1. download every new module (content-addressed, verified, atomic);
 2. compile them in the runtime (no effect on what is served);

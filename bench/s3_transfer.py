@@ -1,8 +1,8 @@
 """Benchmark 8: a 64 MiB module through the S3 artifact store, against the minio SDK alone.
 
 An S3 emulator (moto's server mode, ``python -m moto.server``, a subprocess on
-loopback) stands in for MinIO: no MinIO server is installable here
-(NOTES.md). ``edgesync serve --artifact-url http://KEY:SECRET@127.0.0.1:PORT/…``
+loopback) stands in for MinIO: no MinIO server is installable on these
+machines. ``edgesync serve --artifact-url http://KEY:SECRET@127.0.0.1:PORT/…``
 (embedded SQLite) stores the module there:
 
 * **upload**: ``edgesync.client.ApiClient.upload`` (what ``edgesync upload``

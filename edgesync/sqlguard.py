@@ -21,7 +21,7 @@ file or that transaction:
 * the agent's bookkeeping (``_edgesync_*``): the node's recorded state is the
   agent's to write.
 
-Only the stdlib ``sqlite3`` offers an authorizer (libsql does not, NOTES.md);
+Only the stdlib ``sqlite3`` offers an authorizer (libsql 0.1 does not);
 the agent on libsql proves a plan under these rules on a stdlib copy of its
 schema first (:mod:`edgesync.sqlrunner`).
 """

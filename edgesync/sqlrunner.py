@@ -1,6 +1,6 @@
 """Running migration SQL: one runner for the control plane's check and the agent's apply.
 
-Statement by statement (libsql's ``executescript`` swallows errors, NOTES.md),
+Statement by statement (libsql's ``executescript`` swallows errors, libsql-python#89),
 draining every row (libsql steps a ``SELECT`` lazily: an error in its rows only
 surfaces when they are fetched), under :class:`~edgesync.sqlguard.MigrationRules`
 where the engine has an authorizer. On an engine without one (libsql) the

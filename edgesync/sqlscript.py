@@ -1,6 +1,6 @@
 """Split SQL scripts into statements.
 
-Needed because libsql's ``executescript`` swallows errors (NOTES.md): every
+Needed because libsql's ``executescript`` swallows errors (libsql-python#89): every
 migration, on the control plane's scratch check and on the agent, runs statement
 by statement through ``execute`` so that the first failure surfaces. What a
 statement may do is decided by SQLite itself, never from its text here
