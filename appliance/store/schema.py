@@ -268,4 +268,18 @@ MIGRATIONS: tuple[ControlPlaneMigration, ...] = (
             ON CONFLICT (id) DO NOTHING;
         """,
     ),
+    ControlPlaneMigration(
+        9,
+        "the node change feed: every write that changes a node's stamp (token, state revision)"
+        " records the node with the database's clock; each replica's watch reads the last"
+        " seconds of it and forgets exactly those stamps",
+        """
+        CREATE TABLE IF NOT EXISTS node_changes (
+            id TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL,
+            changed_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_node_changes_changed_at ON node_changes (changed_at);
+        """,
+    ),
 )
