@@ -24,7 +24,7 @@ from appliance.auth import Authority
 from appliance.config import ServeConfig
 from appliance.fast_poll import PollFastPath
 from appliance.fleet_cache import FleetCache, TargetSource
-from appliance.generation_watch import GenerationWatch
+from appliance.generation_watch import ChangeFeed, GenerationWatch
 from appliance.liveness import LivenessBuffer
 from appliance.metrics import Metrics
 from appliance.middleware import MIDDLEWARES
@@ -133,7 +133,12 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
                 presign=artifacts.presigned_url,
                 artifact_public_url=config.artifact_public_url,
             )
-            watch = GenerationWatch(store.generation, cache.saw_generation)
+            watch = GenerationWatch(
+                store.generation,
+                cache.saw_generation,
+                feed=_change_feed(store, cache) if database.shared else None,
+                clock=cache.now,
+            )
             store.add_commit_listener(lambda tx: watch.wake() if tx.bumped else None)
             liveness = LivenessBuffer(store.record_liveness)
             fast_poll = PollFastPath(authority, cache, liveness)
@@ -177,6 +182,11 @@ def _target_source(store: Store) -> TargetSource:
         return await store.release_target(release_id)
 
     return target
+
+
+def _change_feed(store: Store, cache: FleetCache) -> ChangeFeed:
+    """The node change feed this replica's watch reads (shared databases only)."""
+    return ChangeFeed(store.node_change_feed().read, cache.saw_changes, store.prune_node_changes)
 
 
 def load_admin_token(config: ServeConfig) -> str:

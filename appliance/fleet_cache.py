@@ -9,15 +9,20 @@ Invalidation is decided here and only here, from two sources:
 
 * :meth:`committed`: a write of this process (a ``Transaction`` that bumped
   the generation or touched nodes), at once;
-* :meth:`saw_generation`: the generation watch (``push/notifier.py``), which
-  reads the database every second on every replica, MQTT or not, and so brings
-  in the changes other replicas made.
+* :meth:`saw_generation` and :meth:`saw_changes`: the generation watch
+  (``generation_watch.py``), which reads the fleet generation and the node
+  change feed (``store/node_changes.py``) about once a second on every replica,
+  MQTT or not, and so brings in the changes other replicas made.
 
-Staleness bound: on a shared database (replicas), a cached stamp is used for
-at most ``STAMP_TTL_SECONDS`` (1 s) after it was read, so a token rotated or a
-node state moved on another replica is honoured here within 1 s; a generation
-bump elsewhere within the watch interval (1 s). A single process (SQLite)
-sees every write it makes, so its stamps live until a write touches them.
+Staleness bound: on a shared database (replicas), a cached stamp is used only
+while it was read, or the watch last read the change feed, at most
+``STAMP_TTL_SECONDS`` (1 s) ago: a token rotated or a node state moved on
+another replica is honoured here within 1 s, and a stamp nothing changed stays
+cached (up to ``STAMP_MAX_AGE_SECONDS``) instead of being read again on every
+poll. When the watch cannot read, stamps fall back to the 1 s TTL; after a gap
+in its reads longer than the feed's window, every stamp is forgotten. A single
+process (SQLite) sees every write it makes, so its stamps live until a write
+touches them.
 Targets and plans are keyed by what they depend on (generation, release,
 state revision), so a key that no longer matches is a miss, never a stale hit.
 """
@@ -30,10 +35,14 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from appliance.planner import FunctionSpec, MigrationSpec, RevertSpec, TargetSpec
+from appliance.store.node_changes import FEED_GAP_SECONDS
 from appliance.store.records import NodeStamp, Target
 from appliance.store.transaction import Transaction
 
 STAMP_TTL_SECONDS = 1.0
+# A backstop, not the bound: even a stamp the change feed never named is read
+# again now and then (a tenth of the polls at 30 s intervals).
+STAMP_MAX_AGE_SECONDS = 300.0
 ENTRY_LIMIT = 200_000  # per kind: stamps, plans, renderings (oldest dropped first)
 
 _K = TypeVar("_K")
@@ -92,6 +101,9 @@ class FleetCache:
         self._load_target = targets
         # One process alone on its database trusts its own writes: no stamp TTL.
         self._stamp_ttl = stamp_ttl_seconds if shared else float("inf")
+        self._stamp_max_age = STAMP_MAX_AGE_SECONDS if shared else float("inf")
+        # When the last read of the change feed began (None: not read yet).
+        self._feed_read_at: float | None = None
         self._plan_ttl = plan_ttl_seconds
         self._clock = clock
         self._limit = limit
@@ -122,6 +134,26 @@ class FleetCache:
             self._forget_fleet()
             self.generation = generation
 
+    def saw_changes(self, node_ids: set[str], read_started: float) -> None:
+        """The watch read the change feed (begun at ``read_started``, this cache's
+        clock): forget the stamps of the nodes other replicas changed."""
+        previous, self._feed_read_at = self._feed_read_at, read_started
+        if previous is None or read_started - previous > FEED_GAP_SECONDS:
+            # Rows may have left the feed's window unread: nothing cached is vouched for.
+            self._epoch += 1
+            self._stamps.clear()
+            self._plans.clear()
+            return
+        if node_ids:
+            self._epoch += 1  # a stamp read in flight may predate these changes
+        for node_id in node_ids:
+            self._stamps.pop(node_id, None)
+            self._plans.pop(node_id, None)
+
+    def now(self) -> float:
+        """This cache's clock (the watch times its reads with it)."""
+        return self._clock()
+
     def _forget_fleet(self) -> None:
         # Every stamp names the old generation; targets and plans are keyed by it.
         self.generation = None
@@ -135,9 +167,15 @@ class FleetCache:
     def cached_stamp(self, node_id: str) -> NodeStamp | None:
         """The node's stamp if memory holds a fresh one (no I/O: the fast path)."""
         entry = self._stamps.get(node_id)
-        if entry is None or self._clock() - entry[1] > self._stamp_ttl:
+        if entry is None:
             return None
-        return entry[0]
+        now = self._clock()
+        age = now - entry[1]
+        if age <= self._stamp_ttl:
+            return entry[0]
+        # Older: good while the change feed vouches for it (read within the bound).
+        followed = self._feed_read_at is not None and now - self._feed_read_at <= self._stamp_ttl
+        return entry[0] if followed and age <= self._stamp_max_age else None
 
     async def stamp(self, node_id: str) -> NodeStamp | None:
         cached = self.cached_stamp(node_id)

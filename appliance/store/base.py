@@ -28,6 +28,7 @@ from appliance.store.db import (
     SerializationFailure,
 )
 from appliance.store.migrate import run_migrations
+from appliance.store.node_changes import NodeChangeFeed, prune_node_changes, record_node_changes
 from appliance.store.records import FleetChange
 from appliance.store.transaction import Transaction
 from edgesync.errors import ServiceUnavailable, ValidationFailed
@@ -102,7 +103,12 @@ class StoreBase:
         async def run(connection: Connection) -> T:
             tx = Transaction(connection)
             last[:] = [tx]
-            return await body(tx)
+            result = await body(tx)
+            if tx.touched and self.db.shared:
+                # The other replicas' caches learn it from the change feed; last
+                # statement, so the row's time is as close to the commit as can be.
+                await record_node_changes(tx, tx.touched)
+            return result
 
         try:
             result = await self._write_with_retries(run)
@@ -178,6 +184,14 @@ class StoreBase:
             (after, upto, limit),
         )
         return [FleetChange.from_row(row) for row in rows]
+
+    def node_change_feed(self) -> NodeChangeFeed:
+        """A reader of the nodes other replicas changed (one per watching replica)."""
+        return NodeChangeFeed(self.db)
+
+    async def prune_node_changes(self) -> int:
+        """Drop change-feed rows no reader's window reaches any more."""
+        return await self._write(prune_node_changes)
 
     async def generation(self) -> int:
         """The fleet generation as the database has it now (the FleetCache caches it)."""

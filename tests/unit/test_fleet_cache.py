@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from appliance.fleet_cache import STAMP_TTL_SECONDS, FleetCache
+from appliance.store.node_changes import FEED_GAP_SECONDS
 from appliance.store.records import FunctionRecord, NodeStamp, Target
 from appliance.store.transaction import Transaction
 
@@ -152,3 +153,39 @@ async def test_a_plan_is_found_only_under_its_exact_key() -> None:
     assert cache.cached_plan(stamp) is not None
     clock.now += 301  # past the plan TTL (its signed URLs would be getting old)
     assert cache.cached_plan(stamp) is None
+
+
+async def test_the_change_feed_keeps_stamps_past_their_ttl_and_forgets_the_named_ones() -> None:
+    source, clock = Source(), Clock()
+    cache = make(source, clock, shared=True)
+    cache.saw_changes(set(), clock.now)
+    await cache.stamp("n1")
+    await cache.stamp("n2")
+    for _ in range(3):  # the watch reads the feed each interval; nothing changed
+        clock.now += STAMP_TTL_SECONDS * 2
+        cache.saw_changes(set(), clock.now)
+        assert cache.cached_stamp("n1") is not None
+    assert source.stamp_reads == 2
+    cache.saw_changes({"n2"}, clock.now)  # another replica changed n2
+    assert cache.cached_stamp("n1") is not None and cache.cached_stamp("n2") is None
+    clock.now += STAMP_TTL_SECONDS * 2  # the watch stopped reading: the TTL rules again
+    assert cache.cached_stamp("n1") is None
+
+
+async def test_a_gap_in_the_feed_reads_forgets_every_stamp() -> None:
+    source, clock = Source(), Clock()
+    cache = make(source, clock, shared=True)
+    cache.saw_changes(set(), clock.now)
+    await cache.stamp("n1")
+    clock.now += FEED_GAP_SECONDS + 1  # rows may have left the window unread meanwhile
+    cache.saw_changes(set(), clock.now)
+    assert cache.cached_stamp("n1") is None
+
+
+async def test_a_stamp_read_while_the_feed_names_its_node_is_not_kept() -> None:
+    source, clock = Source(), Clock()
+    cache = make(source, clock, shared=True)
+    cache.saw_changes(set(), clock.now)
+    source.during_read = lambda: cache.saw_changes({"n1"}, clock.now)
+    await cache.stamp("n1")
+    assert cache.cached_stamp("n1") is None
