@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from agent import __version__ as agent_version
+from agent.backoff import DEFAULT_POLL_SECONDS
 from edgesync.errors import EdgesyncError
 from edgesync.neterrors import answered_error, file_problem, origin, unreachable
 from edgesync.protocol import (
@@ -25,12 +26,21 @@ from edgesync.protocol import (
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
 # Everything that means "could not talk to the server" (TimeoutError is an OSError).
 NETWORK_ERRORS = (aiohttp.ClientError, OSError)
-# Idle connections are kept this long (aiohttp's default is 15 s): longer than the
-# default 30 s poll interval's longest jittered wait (33 s), so a node keeps one
-# connection, and under TLS one handshake, across intervals; shorter than the
-# server's keep-alive (at least 75 s, ServeConfig.keepalive_seconds), so the server
-# never closes a connection just as the agent reuses it. Figures: docs/benchmarks.md.
-KEEPALIVE_SECONDS = 60.0
+# Idle connections are kept a little longer than the poll interval's longest
+# jittered wait (interval + 10 %, agent.backoff.jittered), so a node keeps one
+# connection, and under TLS one handshake, across intervals (aiohttp's default,
+# 15 s, would drop it at every interval); and shorter than the server's keep-alive
+# (interval x 1.1 + 15 s, at least 75 s: ServeConfig.keepalive_seconds), so the
+# server never closes a connection just as the agent reuses it. docs/benchmarks.md.
+KEEPALIVE_MARGIN_SECONDS = 10.0
+
+
+def keepalive_seconds(poll_interval: float) -> float:
+    """How long the agent keeps an idle connection when it polls every ``poll_interval`` s."""
+    return poll_interval * 1.1 + KEEPALIVE_MARGIN_SECONDS
+
+
+KEEPALIVE_SECONDS = keepalive_seconds(DEFAULT_POLL_SECONDS)
 
 
 def poll_headers(etag: str | None, state: NodeState | None) -> dict[str, str]:
@@ -61,6 +71,8 @@ class ControlPlane:
                     f"cannot use --ca-file {ca_file}: {file_problem(exc)}", code="BAD_TLS_FILES"
                 ) from exc
         self._session: aiohttp.ClientSession | None = None
+        self.keepalive_seconds = KEEPALIVE_SECONDS
+        self._session_keepalive = KEEPALIVE_SECONDS  # what the open session was made with
         # Whether the last poll's answer said the control plane recorded the liveness
         # it carried; an older control plane does not, and needs a heartbeat each time.
         self.liveness_on_poll = False
@@ -71,13 +83,22 @@ class ControlPlane:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS),
-                timeout=TIMEOUT,
-                headers={"User-Agent": f"edgesync-agent/{agent_version}"},
-            )
+    def follow_poll_interval(self, seconds: float) -> None:
+        """Keep idle connections across polls ``seconds`` apart (from the next session on)."""
+        self.keepalive_seconds = keepalive_seconds(seconds)
+
+    async def _client(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is not None and not session.closed:
+            if self._session_keepalive == self.keepalive_seconds:
+                return session
+            await session.close()  # the interval changed (e.g. told at enrollment)
+        self._session_keepalive = self.keepalive_seconds
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(keepalive_timeout=self.keepalive_seconds),
+            timeout=TIMEOUT,
+            headers={"User-Agent": f"edgesync-agent/{agent_version}"},
+        )
         return self._session
 
     async def close(self) -> None:
@@ -95,7 +116,7 @@ class ControlPlane:
     ) -> tuple[int, Any, dict[str, str]]:
         url = f"{self.server}{path}"
         try:
-            async with self._client().request(
+            async with (await self._client()).request(
                 method, url, json=body, headers=self._headers(headers), ssl=self._ssl
             ) as response:
                 raw = await response.read()
@@ -176,7 +197,7 @@ class ControlPlane:
     async def download(self, url: str, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
         """Stream an artifact from its signed URL (no bearer token: the URL is the credential)."""
         try:
-            async with self._client().get(url, ssl=self._ssl) as response:
+            async with (await self._client()).get(url, ssl=self._ssl) as response:
                 if response.status >= 400:
                     raw = await response.read()
                     try:

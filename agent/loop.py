@@ -247,6 +247,7 @@ class Agent:
     async def sync_once(self) -> Outcome:
         """Maybe heartbeat, maybe rotate the token, fetch the plan, apply it, ack."""
         assert self.api is not None and self.reconciler is not None
+        self.api.follow_poll_interval(self.poll_interval)  # keep the connection across it
         try:
             local = await self.reconciler.local_state()
             await self._maybe_rotate()
