@@ -72,15 +72,17 @@ class GenerationWatch:
         started = self._clock()
         generation = await self._read()
         self._saw(generation)
-        if self._feed is not None:
-            self._feed.saw(await self._feed.read(), started)
-            self._steps += 1
-            if self._steps % PRUNE_EVERY_STEPS == 0:
-                await self._feed.prune()
         if generation != self.last:
             self.last = generation
             for listener in list(self.listeners):
                 listener(generation)
+        if self._feed is not None:
+            # After the listeners: a feed that cannot be read must not hold back
+            # the news of a generation (stamps then fall back to their TTL).
+            self._feed.saw(await self._feed.read(), started)
+            self._steps += 1
+            if self._steps % PRUNE_EVERY_STEPS == 0:
+                await self._feed.prune()
         return generation
 
     def wake(self) -> None:
