@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.push.broker import Publisher, PublishFailed
@@ -40,8 +41,18 @@ class NotifierStats:
 class Notifier:
     """Watches the fleet generation and publishes what changed (see the module doc)."""
 
-    def __init__(self, store: Store, publisher: Publisher, *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        *,
+        interval: float = 1.0,
+        saw_generation: Callable[[int], None] | None = None,
+    ) -> None:
         self._store = store
+        # The poll path's cache hears of every generation read here before any node
+        # does: a node woken by a notification must not be answered from the old one.
+        self._saw_generation = saw_generation
         self._publisher = publisher
         self.interval = interval
         self._wake = asyncio.Event()
@@ -113,6 +124,8 @@ class Notifier:
 
     async def _collect(self) -> None:
         current = await self._store.generation()
+        if self._saw_generation is not None:
+            self._saw_generation(current)
         last = self._last
         if last is None or current < last:  # first read, or a database restored from backup
             self._last = current

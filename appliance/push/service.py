@@ -75,7 +75,12 @@ async def push_ctx(app: web.Application) -> AsyncIterator[None]:
         publisher = ExternalBroker(parse_broker_url(config.mqtt_broker))
     await publisher.start()
     try:
-        notifier = Notifier(svc.store, publisher, interval=config.mqtt_watch_interval)
+        notifier = Notifier(
+            svc.store,
+            publisher,
+            interval=config.mqtt_watch_interval,
+            saw_generation=svc.cache.saw_generation,
+        )
         await notifier.start()
         try:
             push = Push(config, publisher, notifier, embedded)
