@@ -76,6 +76,8 @@ class SqliteDatabase(_SqliteConnection):
         self._write_lock = asyncio.Lock()
         self._in_use = 0
         self._waiting = 0
+        # Set when a transaction ended abnormally: the next one first settles the writer.
+        self._unsettled = False
 
     @classmethod
     async def open(cls, path: str) -> SqliteDatabase:
@@ -124,6 +126,8 @@ class SqliteDatabase(_SqliteConnection):
             # stays narrow: a ValueError of the body is a bug, not unavailability.
             tx = _SqliteConnection(self._writer)
             try:
+                if self._unsettled:
+                    await self._settle()
                 # IMMEDIATE takes the write lock now, so reads inside the
                 # transaction cannot be invalidated by a later lock upgrade.
                 await tx.execute("BEGIN IMMEDIATE")
@@ -134,11 +138,27 @@ class SqliteDatabase(_SqliteConnection):
                     raise
                 await tx.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._unsettled = True
                 raise _translate(exc) from exc
+            except BaseException:
+                # A cancelled BEGIN, COMMIT or ROLLBACK still runs on aiosqlite's
+                # thread after this task has gone: the writer may be left inside
+                # a transaction nobody will end. The next transaction settles it.
+                self._unsettled = True
+                raise
             finally:
                 self._in_use -= 1
         finally:
             self._write_lock.release()
+
+    async def _settle(self) -> None:
+        """End whatever transaction an interrupted one left open on the writer."""
+        # aiosqlite runs calls in order: once this one answers, every call queued
+        # before it (a cancelled BEGIN among them) has run.
+        await self._writer.execute_fetchall("SELECT 1")
+        if self._writer.in_transaction:
+            await self._writer.rollback()
+        self._unsettled = False
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1 AS ok")
