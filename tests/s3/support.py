@@ -221,7 +221,9 @@ class S3Server:
             )
 
     def _wait_ready(self) -> bool:
-        """Ready when an authenticated ``list_buckets()`` succeeds."""
+        """Ready when an authenticated ``list_buckets()`` succeeds and, after a
+        restart with data, the first object of every bucket reads back: the S3
+        gateway answers listings before its volume server serves reads (500s)."""
         assert self.process is not None
         client = self.client(retries=0)  # this loop is the retry
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -229,7 +231,16 @@ class S3Server:
             if self.process.poll() is not None:
                 return False
             try:
-                client.list_buckets()
+                for bucket in client.list_buckets():
+                    for item in client.list_objects(bucket.name, recursive=True):
+                        assert item.object_name is not None
+                        response = client.get_object(bucket.name, item.object_name)
+                        try:
+                            response.read()
+                        finally:
+                            response.close()
+                            response.release_conn()
+                        break
                 return True
             except Exception:  # refused, reset, or a 5xx while its parts start
                 time.sleep(0.1)
