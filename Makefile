@@ -20,6 +20,9 @@ PORT ?= 8080
 DATA_DIR ?= edgesync-data
 PLATFORM ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). The suite mostly waits on real servers, agents and
+# databases, not on the CPU: four workers keep it well under 10 minutes on 2 cores.
+PYTEST_WORKERS ?= 4
 BENCH_ARGS ?=
 # The WasmEdge wrapper build/wasmedge.sh provides (tests use it through EDGESYNC_WASMEDGE).
 WASMEDGE := .wasmedge/bin/wasmedge
@@ -36,8 +39,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
 	@touch $@
 
-test: install wasmedge ## Run the test suite (pytest -q; PYTEST_ARGS=... to pass more).
-	EDGESYNC_WASMEDGE="$${EDGESYNC_WASMEDGE:-$(CURDIR)/$(WASMEDGE)}" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+test: install wasmedge ## Run the test suite (pytest -q -n 4; PYTEST_WORKERS=1 for one process, PYTEST_ARGS=... to pass more).
+	EDGESYNC_WASMEDGE="$${EDGESYNC_WASMEDGE:-$(CURDIR)/$(WASMEDGE)}" $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 wasmedge: $(WASMEDGE) ## Provide WasmEdge in .wasmedge/ (Debian 13 packages, no system change).
 

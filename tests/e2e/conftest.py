@@ -9,6 +9,7 @@ its sources; if it cannot be built, its tests fail under CI=true (skip elsewhere
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,7 +54,18 @@ def zipapp_edgesync(tmp_path_factory: pytest.TempPathFactory) -> Edgesync:
 
 
 def _build_zipapp() -> str:
-    """Build dist/edgesync.pyz if it is missing or stale; return the problem, or ''."""
+    """Build dist/edgesync.pyz if it is missing or stale; return the problem, or ''.
+
+    Test workers running in parallel (pytest-xdist) take turns: the first builds,
+    the others then find it fresh.
+    """
+    PYZ.parent.mkdir(exist_ok=True)
+    with open(PYZ.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_zipapp_locked()
+
+
+def _build_zipapp_locked() -> str:
     try:
         result = subprocess.run(
             [sys.executable, str(ROOT / "build" / "zipapp.py"), "--if-stale", "--no-smoke"],
