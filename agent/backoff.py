@@ -13,6 +13,8 @@ import random
 import time
 from typing import Protocol
 
+from edgesync.waiting import wait_event
+
 RETRY_BASE_SECONDS = 1.0
 RETRY_CAP_SECONDS = 60.0
 DEFAULT_POLL_SECONDS = 30.0
@@ -84,8 +86,4 @@ class RealClock:
     async def sleep(self, seconds: float, wake: asyncio.Event) -> bool:
         if wake.is_set():
             return True
-        try:
-            await asyncio.wait_for(wake.wait(), timeout=max(0.0, seconds))
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(wake, seconds)

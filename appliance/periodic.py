@@ -13,6 +13,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from edgesync.waiting import raise_if_cancelling, wait_event
+
 
 class Periodic:
     def __init__(
@@ -47,8 +49,8 @@ class Periodic:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            await wait_event(self._wake, self.interval)
+            raise_if_cancelling()
             self._wake.clear()
             try:
                 await self._step()

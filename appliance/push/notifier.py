@@ -25,6 +25,7 @@ from appliance.push.broker import Publisher, PublishFailed
 from appliance.store.store import Store
 from appliance.store.transaction import Transaction
 from edgesync.mqtt import FLEET_TOPIC, Notification, node_topic
+from edgesync.waiting import raise_if_cancelling, wait_event
 
 log = logging.getLogger("edgesync.mqtt")
 
@@ -95,8 +96,8 @@ class Notifier:
         failures = 0
         while True:
             delay = self.interval if not failures else self._retry_delay(failures)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await wait_event(self._wake, delay)
+            raise_if_cancelling()
             self._wake.clear()
             try:
                 await self.step()

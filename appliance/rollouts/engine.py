@@ -27,6 +27,7 @@ from appliance.services import SERVICES
 from appliance.store.rollouts import RolloutRecord
 from appliance.store.store import Store
 from edgesync.protocol import format_time, parse_time, utcnow
+from edgesync.waiting import raise_if_cancelling, wait_event
 
 if TYPE_CHECKING:
     from appliance.store.transaction import Transaction
@@ -63,10 +64,8 @@ class RolloutEngine:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self._interval)
+            raise_if_cancelling()
             self._wake.clear()
             try:
                 await self.evaluate_all()

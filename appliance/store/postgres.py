@@ -384,11 +384,20 @@ class PostgresDatabase:
         await self._pool.close(timeout=5.0)
 
 
+# A ROLLBACK answers in milliseconds on a live connection; one to a server that
+# went away mid-transaction may never answer, and the task rolling back (often a
+# cancelled one, at shutdown) must not wait for it forever.
+ROLLBACK_TIMEOUT = 5.0
+
+
 async def _rollback(connection: PgConnection) -> None:
     """Roll back if the connection still can; a dead one the pool discards anyway."""
     if connection.closed:
         return
     try:
-        await connection.execute("ROLLBACK")
+        async with asyncio.timeout(ROLLBACK_TIMEOUT):
+            await connection.execute("ROLLBACK")
     except psycopg.Error:
         pass
+    except TimeoutError:
+        await connection.close()  # the pool discards a closed connection
