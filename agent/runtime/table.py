@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from agent.runtime.base import FunctionNotDeployed
 from edgesync.protocol import FunctionRef
 
 
@@ -20,6 +21,13 @@ class FunctionTable:
 
     def functions(self) -> dict[str, FunctionRef]:
         return dict(self._table)
+
+    def deployed(self, name: str) -> FunctionRef:
+        """The active version of ``name``; :class:`FunctionNotDeployed` when there is none."""
+        ref = self._table.get(name)
+        if ref is None:
+            raise FunctionNotDeployed(f"function {name!r} is not deployed")
+        return ref
 
 
 def prepare_in_parallel(

@@ -54,7 +54,6 @@ from wasmtime._func import enter_wasm
 
 from agent.runtime.base import (
     OUT_OF_MEMORY,
-    FunctionNotDeployed,
     Invocation,
     Limits,
     ModuleRejected,
@@ -470,9 +469,7 @@ class WasmtimeRuntime(FunctionTable):
     ) -> Invocation:
         if self._closed:
             raise RuntimeUnavailable("the wasmtime runtime is closed")
-        ref = self._table.get(name)
-        if ref is None:
-            raise FunctionNotDeployed(f"function {name!r} is not deployed")
+        ref = self.deployed(name)
         pairs = env_pairs(env)
         loaded = self._modules.get(ref.sha256)
         if loaded is None:

@@ -25,7 +25,6 @@ from pathlib import Path
 from agent.runtime.base import (
     OUT_OF_MEMORY,
     FunctionFailed,
-    FunctionNotDeployed,
     Invocation,
     Limits,
     RuntimeUnavailable,
@@ -127,9 +126,7 @@ class WasmEdgeRuntime(FunctionTable):
     async def invoke(
         self, name: str, stdin: bytes, env: Mapping[str, str], limits: Limits
     ) -> Invocation:
-        ref = self._table.get(name)
-        if ref is None:
-            raise FunctionNotDeployed(f"function {name!r} is not deployed")
+        ref = self.deployed(name)
         pairs = env_pairs(env)
         prepared = self._prepared.get(ref.sha256)
         if prepared is None:
